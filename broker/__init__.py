@@ -1,0 +1,1 @@
+"""The zchat broker: owns users and rooms, relays chat over ZeroMQ."""

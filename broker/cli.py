@@ -1,0 +1,65 @@
+"""``python -m broker``: start the broker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+import zmq
+
+from schema import protocol as P
+
+from .chat import Chat
+from .server import Broker
+from .store import SqliteStore
+
+log = logging.getLogger("zchat.broker")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m broker", description="The zchat broker.")
+    p.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                   help="ROUTER address clients connect to (default %(default)s)")
+    p.add_argument("--pub-bind", default="tcp://127.0.0.1:5556",
+                   help="publisher address for room events (default %(default)s)")
+    p.add_argument("--control-bind", default="tcp://127.0.0.1:5557",
+                   help="admin control address (default %(default)s)")
+    p.add_argument("--db", default=os.path.join("data", "zchat.db"),
+                   help="SQLite file holding rooms and history, or :memory: "
+                        "(default %(default)s)")
+    p.add_argument("--durability", choices=("normal", "full"), default="normal",
+                   help="normal: survives a broker crash; full: also a power cut, slower")
+    p.add_argument("--max-clients", type=int, default=None, metavar="N",
+                   help="refuse clients beyond N connected sessions")
+    p.add_argument("--history", type=int, default=P.JOIN_HISTORY_DEFAULT, metavar="N",
+                   help=f"events replayed to a joiner (default %(default)s, "
+                        f"at most {P.HISTORY_PAGE_MAX})")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.db != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
+    store = SqliteStore(args.db, durable=args.durability == "full")
+    chat = Chat(store, max_clients=args.max_clients, join_history=args.history)
+    ctx = zmq.Context()
+    try:
+        broker = Broker(chat, ctx, bind=args.bind, pub_bind=args.pub_bind,
+                        control_bind=args.control_bind)
+    except zmq.ZMQError as exc:
+        log.error("Cannot bind: %s", exc)
+        return 1
+    signal.signal(signal.SIGTERM, broker.stop)
+    signal.signal(signal.SIGINT, broker.stop)
+    log.info("Store: %s (%d rooms), incarnation %s", args.db, len(chat.rooms),
+             chat.incarnation)
+    broker.serve()
+    ctx.term()
+    return 0

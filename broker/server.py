@@ -1,0 +1,217 @@
+"""The broker's ZeroMQ loop: receive, decode, ask the chat, commit, deliver.
+
+One thread, three sockets:
+
+* ``router`` (ROUTER): client requests in; replies, private messages and notices out.
+* ``publisher`` (XPUB, manual): room events out; subscriptions in, each granted only if
+  it names a live room topic (see ``_drain_subscriptions`` for the one trap).
+* ``control`` (ROUTER, answering the admin tool's REQ): operator commands.
+
+Each turn drains what is ready, commits the store once, then sends. Sends never block:
+a peer that cannot take a message is ended, never waited for.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections import deque
+from typing import Iterable
+
+import zmq
+
+from schema import ProtocolError, pack, parse, unpack
+from schema import protocol as P
+from schema.codec import decode_admin, error, request_id
+
+from .chat import Chat, Delivery, Publish, Send
+
+log = logging.getLogger("zchat.broker")
+
+BATCH = 512  # messages taken from one socket per turn, so no socket starves the others
+EXPIRY_CHECK = 0.5  # seconds between scans for silent clients
+
+
+def _tune(sock: zmq.Socket, max_frame: int) -> None:
+    sock.setsockopt(zmq.LINGER, 500)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
+    # ZMTP heartbeats: libzmq closes the connection of a frozen or vanished peer.
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+    # A ZAP domain makes libzmq refuse the legacy ZMTP/1.0 framing a raw TCP peer could
+    # otherwise use to inject messages (no authenticator is needed for NULL security).
+    sock.setsockopt(zmq.ZAP_DOMAIN, b"zchat")
+
+
+class Broker:
+    def __init__(self, chat: Chat, ctx: zmq.Context, *, bind: str, pub_bind: str,
+                 control_bind: str):
+        self.chat = chat
+        self.router = ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown peer: an error, not silence
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting client takes over
+        self.router.setsockopt(zmq.SNDHWM, 10_000)
+        _tune(self.router, P.FRAME_MAX)
+        self.publisher = ctx.socket(zmq.XPUB)
+        self.publisher.setsockopt(zmq.XPUB_MANUAL, 1)
+        self.publisher.setsockopt(zmq.SNDHWM, 10_000)
+        _tune(self.publisher, P.SUBSCRIPTION_FRAME_MAX)
+        self.control = ctx.socket(zmq.ROUTER)
+        _tune(self.control, P.CONTROL_FRAME_MAX)
+        self.router.bind(bind)
+        self.publisher.bind(pub_bind)
+        self.control.bind(control_bind)
+        self.endpoints = {
+            name: sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            for name, sock in (("router", self.router), ("pub", self.publisher),
+                               ("control", self.control))
+        }
+        chat.pub_address = self.endpoints["pub"]
+        self.stopping = False
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        poller = zmq.Poller()
+        for sock in (self.router, self.publisher, self.control):
+            poller.register(sock, zmq.POLLIN)
+        now = time.monotonic()
+        next_tick, next_expiry = now + P.ROOM_TICK_INTERVAL, now + EXPIRY_CHECK
+        log.info("zchat broker ready: router=%s pub=%s control=%s", self.endpoints["router"],
+                 self.endpoints["pub"], self.endpoints["control"])
+        while not self.stopping:
+            wait = max(0.0, min(next_tick, next_expiry) - time.monotonic())
+            try:
+                ready = dict(poller.poll(wait * 1000))
+            except zmq.ZMQError as exc:
+                if exc.errno == errno.EINTR:  # a signal; the handler set self.stopping
+                    continue
+                raise
+            out: list[Delivery] = []
+            control_replies: list[list[bytes]] = []
+            if self.router in ready:
+                out += self._drain_requests()
+            if self.control in ready:
+                control_replies = self._drain_control(out)
+            if self.publisher in ready:
+                self._drain_subscriptions()
+            now = time.monotonic()
+            if now >= next_expiry:
+                out += self.chat.expire()
+                next_expiry = now + EXPIRY_CHECK
+            if now >= next_tick:
+                out += self.chat.ticks()
+                next_tick = now + P.ROOM_TICK_INTERVAL
+            # Accepted means stored: nothing leaves before the turn's writes are committed.
+            self.chat.store.commit()
+            self._deliver(out)
+            for reply in control_replies:
+                self.control.send_multipart(reply, zmq.NOBLOCK)
+        self._farewell()
+
+    def stop(self, *_: object) -> None:
+        self.stopping = True
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def _drain_requests(self) -> list[Delivery]:
+        out: list[Delivery] = []
+        for _ in range(BATCH):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.chat.counters.frames_in += 1
+            peer = frames[0]
+            rid = None
+            try:
+                if len(frames) != 2:
+                    raise ProtocolError("malformed", "A request is exactly one frame")
+                message = unpack(frames[1])
+                rid = request_id(message)
+                out += self.chat.handle(peer, parse(message))
+            except ProtocolError as err:
+                out += self.chat.refuse(peer, rid, err)
+        return out
+
+    def _drain_control(self, out: list[Delivery]) -> list[list[bytes]]:
+        """Operator requests; their replies go out after the turn's commit."""
+        replies = []
+        for _ in range(BATCH):
+            try:
+                frames = self.control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            # A REQ peer sends [routing id, empty delimiter, body]; anything else is no REQ.
+            if len(frames) != 3 or frames[1]:
+                log.warning("Control socket: dropped a message that is not a REQ request")
+                continue
+            envelope, body = frames[:2], frames[2]
+            try:
+                request = decode_admin(body)
+            except ProtocolError as err:
+                reply = error(None, err)
+            else:
+                log.info("Operator: %s %s", request.cmd,
+                         " ".join(f"{k}={v}" for k, v in request.args.items() if v))
+                reply, deliveries = self.chat.admin(request)
+                out += deliveries
+            replies.append(envelope + [pack(reply)])
+        return replies
+
+    def _drain_subscriptions(self) -> None:
+        """Apply subscriptions to live room topics; refuse everything else.
+
+        XPUB_MANUAL applies a (un)subscribe to the pipe of the message read last. A peer
+        can send a message that is not a subscription; libzmq queues it without its pipe,
+        and a grant made after reading it could land on somebody else's pipe. So after
+        any such message nothing is granted until the queue has been emptied; the peers
+        refused meanwhile subscribe again when their room's ticks fail to arrive.
+        """
+        suspect = False
+        for _ in range(BATCH):
+            try:
+                frames = self.publisher.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return  # queue empty: the last-pipe bookkeeping is trustworthy again
+            frame = frames[0]
+            if len(frames) != 1 or not frame or frame[0] not in (0, 1):
+                suspect = True
+                continue
+            if suspect:
+                continue
+            topic = frame[1:]
+            if frame[0] == 1 and self.chat.grants(topic):
+                self.publisher.setsockopt(zmq.SUBSCRIBE, topic)
+            elif frame[0] == 0:
+                self.publisher.setsockopt(zmq.UNSUBSCRIBE, topic)
+
+    # -- sending --------------------------------------------------------------------------
+
+    def _deliver(self, deliveries: Iterable[Delivery]) -> None:
+        queue = deque(deliveries)
+        while queue:
+            item = queue.popleft()
+            if isinstance(item, Publish):
+                self.publisher.send_multipart([item.topic, pack(item.body)], zmq.NOBLOCK)
+                self.chat.counters.frames_out += 1
+                continue
+            assert isinstance(item, Send)
+            try:
+                self.router.send_multipart([item.peer, pack(item.body)], zmq.NOBLOCK)
+                self.chat.counters.frames_out += 1
+            except zmq.ZMQError as exc:
+                # EHOSTUNREACH: the peer is gone. EAGAIN: its queue is full because it
+                # stopped reading; waiting would stall every other client, so end it.
+                reason = "unreachable" if exc.errno == errno.EHOSTUNREACH else "not reading"
+                if self.chat.sessions.get(item.peer):
+                    queue.extend(self.chat.gone(item.peer, reason))
+                    self.chat.store.commit()
+
+    def _farewell(self) -> None:
+        log.info("Shutting down")
+        self._deliver(self.chat.shutdown("the broker is shutting down"))
+        self.chat.store.close()
+        for sock in (self.router, self.publisher, self.control):
+            sock.close()

@@ -1,0 +1,116 @@
+"""Where rooms and their history live: a narrow interface and its SQLite default.
+
+The chat core writes through this interface during a loop turn; the broker loop calls
+``commit()`` once per turn *before* sending anything, so nothing is acknowledged or
+published that is not stored (one transaction per turn, never one fsync per message).
+
+Durability: WAL journal with ``synchronous=NORMAL`` by default. A committed turn survives
+the broker process dying (kill -9); a power cut may lose the last turns. ``durable=True``
+(``--durability full``) syncs every commit, surviving power loss at a throughput cost.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgpack
+
+
+@dataclass(frozen=True)
+class StoredRoom:
+    name: str
+    created: float
+    creator: str
+    last_seq: int
+
+
+class Store(Protocol):
+    def rooms(self) -> list[StoredRoom]: ...
+    def add_room(self, name: str, created: float, creator: str) -> None: ...
+    def drop_room(self, name: str) -> None: ...
+    def append(self, room: str, seq: int, event: dict[str, Any]) -> None: ...
+    def events(self, room: str, *, before: int | None = None, after: int | None = None,
+               limit: int) -> list[dict[str, Any]]: ...
+    def commit(self) -> None: ...
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rooms (
+    name    TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    creator TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    room TEXT    NOT NULL,
+    seq  INTEGER NOT NULL,
+    body BLOB    NOT NULL,
+    PRIMARY KEY (room, seq)
+) WITHOUT ROWID;
+"""
+
+
+class SqliteStore:
+    """The embedded default store: one SQLite file (or ``:memory:``)."""
+
+    def __init__(self, path: str = ":memory:", *, durable: bool = False):
+        # isolation_level=None: we open and commit transactions ourselves, once per turn.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        if path != ":memory:":
+            self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._db.executescript(_SCHEMA)
+        self._in_tx = False
+
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self._db.execute("BEGIN")
+            self._in_tx = True
+
+    def rooms(self) -> list[StoredRoom]:
+        rows = self._db.execute(
+            "SELECT r.name, r.created, r.creator,"
+            " (SELECT COALESCE(MAX(seq), 0) FROM events e WHERE e.room = r.name)"
+            " FROM rooms r ORDER BY r.created"
+        )
+        return [StoredRoom(*row) for row in rows]
+
+    def add_room(self, name: str, created: float, creator: str) -> None:
+        self._begin()
+        self._db.execute("INSERT INTO rooms VALUES (?, ?, ?)", (name, created, creator))
+
+    def drop_room(self, name: str) -> None:
+        self._begin()
+        self._db.execute("DELETE FROM events WHERE room = ?", (name,))
+        self._db.execute("DELETE FROM rooms WHERE name = ?", (name,))
+
+    def append(self, room: str, seq: int, event: dict[str, Any]) -> None:
+        self._begin()
+        self._db.execute("INSERT INTO events VALUES (?, ?, ?)",
+                         (room, seq, msgpack.packb(event, use_bin_type=True)))
+
+    def events(self, room: str, *, before: int | None = None, after: int | None = None,
+               limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` events in seq order: the newest ones below ``before``, or the
+        oldest ones above ``after`` (so a catch-up pages forward, a scroll-back backward)."""
+        if after is not None:
+            rows = self._db.execute(
+                "SELECT body FROM events WHERE room = ? AND seq > ? AND seq < ?"
+                " ORDER BY seq LIMIT ?",
+                (room, after, before if before is not None else 1 << 62, limit))
+            return [msgpack.unpackb(b) for (b,) in rows]
+        rows = self._db.execute(
+            "SELECT body FROM events WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            (room, before if before is not None else 1 << 62, limit))
+        return [msgpack.unpackb(b) for (b,) in reversed(rows.fetchall())]
+
+    def commit(self) -> None:
+        if self._in_tx:
+            self._db.execute("COMMIT")
+            self._in_tx = False
+
+    def close(self) -> None:
+        self.commit()
+        self._db.close()

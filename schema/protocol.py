@@ -1,0 +1,226 @@
+"""The zchat wire protocol: every message kind, field, limit and error code.
+
+This module is the single source of truth. The broker validates with it, the client
+builds requests from it, the admin tool speaks it, and PROTOCOL.md documents it.
+Nothing here touches a socket.
+
+Shape of the conversation (details in PROTOCOL.md):
+
+* client DEALER -> broker ROUTER: one frame, a msgpack map ``{"id": int, "cmd": str, ...}``
+* broker ROUTER -> client: a reply ``{"re": id, "ok": true, ...}`` or
+  ``{"re": id, "ok": false, "code": str, "error": str}``, or an event ``{"ev": str, ...}``
+* broker PUB -> client SUB: two frames, ``[topic, msgpack event]`` where the topic is the
+  room's capability topic ``room name + NUL + secret token``
+* admin REQ -> broker control ROUTER: the same request/reply maps as clients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+PROTOCOL_VERSION = 1
+
+# --- Limits ------------------------------------------------------------------------------
+# Every bound the broker enforces lives here so clients can check before sending.
+
+NICK_MAX = 20  # characters
+ROOM_MAX = 32  # characters
+TEXT_MAX = 65535  # characters of one chat message
+REASON_MAX = 200  # characters of a kill/kick reason
+RECIPIENTS_MAX = 20  # names in one group message
+HISTORY_PAGE_MAX = 200  # events in one history reply
+JOIN_HISTORY_DEFAULT = 50  # events replayed to a joiner
+ROOMS_PER_MEMBER_MAX = 50
+CLIENT_ID_MAX = 64  # bytes of the client's self-chosen id (used for resuming)
+FRAME_MAX = 1 << 20  # bytes of one frame; larger frames are dropped by libzmq (MAXMSGSIZE)
+CONTROL_FRAME_MAX = 64 << 10
+SUBSCRIPTION_FRAME_MAX = 256
+
+HEARTBEAT_INTERVAL = 1.0  # seconds between client pings
+PEER_TIMEOUT = 4.0  # a client silent this long is gone; a broker silent this long is dead
+ROOM_TICK_INTERVAL = 1.0  # seconds between a room's "latest seq" ticks on the publisher
+
+# --- Error codes -------------------------------------------------------------------------
+# code -> the text a client shows. Texts named by the product spec are exact.
+
+ERRORS: dict[str, str] = {
+    "malformed": "Malformed request",
+    "unknown_command": "Unknown command",
+    "invalid_command": "Invalid command",
+    "bad_username": "Bad username",
+    "bad_message": "Bad message",
+    "bad_room_name": "Bad room name",
+    "bad_reason": "Bad reason",
+    "name_taken": "Nickname is taken",
+    "already_logged_in": "Already logged in",
+    "not_logged_in": "Log in first",
+    "no_such_user": "No such user",
+    "no_such_room": "No such room",
+    "room_exists": "Room already exists",
+    "not_a_member": "You are not in that room",
+    "not_in_room": "That user is not in the room",
+    "self_message": "You cannot message yourself",
+    "too_many_rooms": "Too many rooms",
+    "server_full": "Server full",
+    "no_session": "Say hello first",
+    "version": "Unsupported protocol version",
+    "shutting_down": "Broker is shutting down",
+}
+
+
+class ProtocolError(Exception):
+    """A request the broker refuses; carries the code and the text for the peer."""
+
+    def __init__(self, code: str, text: str | None = None):
+        assert code in ERRORS, code  # our own bug, never a peer's: codes are constants
+        self.code = code
+        self.text = text or ERRORS[code]
+        super().__init__(self.text)
+
+
+# --- Value rules -------------------------------------------------------------------------
+
+
+def _is_name(value: str, limit: int) -> bool:
+    """Printable, no white space, no comma (lists of names use commas), bounded."""
+    return (
+        0 < len(value) <= limit
+        and value.isprintable()
+        and not any(ch.isspace() or ch == "," for ch in value)
+        and not value.startswith(("/", "#!"))
+    )
+
+
+def is_nickname(value: str) -> bool:
+    return _is_name(value, NICK_MAX)
+
+
+def is_room_name(value: str) -> bool:
+    return _is_name(value, ROOM_MAX)
+
+
+def is_text(value: str) -> bool:
+    return 0 < len(value) <= TEXT_MAX
+
+
+def is_reason(value: str) -> bool:
+    return len(value) <= REASON_MAX and value.isprintable()
+
+
+# --- Fields and kinds --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a request: its wire type, whether it may be absent, its rule.
+
+    ``error`` is the code sent when the value breaks the rule; a value of the wrong wire
+    type or a missing required field is ``invalid_command``.
+    """
+
+    name: str
+    kind: type
+    required: bool = True
+    rule: Callable[[Any], bool] | None = None
+    error: str = "invalid_command"
+    doc: str = ""
+
+
+def _names(value: list) -> bool:
+    return 0 < len(value) <= RECIPIENTS_MAX and all(
+        isinstance(v, str) and is_nickname(v) for v in value
+    )
+
+
+def _page(value: int) -> bool:
+    return 0 < value <= HISTORY_PAGE_MAX
+
+
+def _seq(value: int) -> bool:
+    return 0 <= value < 1 << 63
+
+
+NICK = Field("name", str, rule=is_nickname, error="bad_username", doc="a nickname")
+OPT_NICK = Field("name", str, required=False, rule=is_nickname, error="bad_username",
+                 doc="nickname to take first (optional)")
+ROOM = Field("room", str, rule=is_room_name, error="bad_room_name", doc="a room name")
+TEXT = Field("text", str, rule=is_text, error="bad_message", doc="1..65535 characters")
+REASON = Field("reason", str, required=False, rule=is_reason, error="bad_reason",
+               doc="why (optional, shown to those affected)")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A request kind: its fields and a one-line description."""
+
+    cmd: str
+    fields: tuple[Field, ...]
+    doc: str
+
+
+def _kinds(*kinds: Kind) -> dict[str, Kind]:
+    return {k.cmd: k for k in kinds}
+
+
+# Requests a chat client sends to the broker's ROUTER.
+CLIENT_REQUESTS = _kinds(
+    Kind("hello", (
+        Field("version", int, doc="protocol version, 1"),
+        Field("client", str, required=False, rule=lambda v: 0 < len(v) <= CLIENT_ID_MAX,
+              doc="the client's stable random id"),
+    ), "open a session; the reply carries the publisher address and limits"),
+    Kind("ping", (), "liveness; answered with an empty ok"),
+    Kind("login", (NICK,), "take a nickname"),
+    Kind("logout", (), "give up the nickname and leave every room"),
+    Kind("users", (), "list logged-in users"),
+    Kind("rooms", (), "list rooms with their member counts"),
+    Kind("create", (ROOM, OPT_NICK), "create a room and enter it"),
+    Kind("join", (ROOM, OPT_NICK), "enter a room; the reply carries its topic and history"),
+    Kind("leave", (ROOM,), "leave a room"),
+    Kind("who", (ROOM,), "list a room's members"),
+    Kind("say", (ROOM, TEXT, Field("me", bool, required=False, doc="an action (/me)")),
+         "send a message to a room you are in"),
+    Kind("whisper", (ROOM, Field("to", str, rule=is_nickname, error="bad_username"), TEXT),
+         "send a message to one member of a room you are in"),
+    Kind("msg", (Field("to", list, rule=_names, error="bad_username",
+                       doc="1..20 nicknames"), TEXT),
+         "private message to one user, or a group message to several"),
+    Kind("broadcast", (TEXT,), "message every logged-in user"),
+    Kind("history", (
+        ROOM,
+        Field("before", int, required=False, rule=_seq, doc="only events with seq < before"),
+        Field("after", int, required=False, rule=_seq, doc="only events with seq > after"),
+        Field("limit", int, required=False, rule=_page, doc="1..200, default 50"),
+    ), "page through a room's stored events"),
+    Kind("bye", (), "end the session (logout and forget this client)"),
+)
+
+# Requests the admin tool sends to the broker's control socket.
+ADMIN_REQUESTS = _kinds(
+    Kind("ls", (), "rooms with member counts and members"),
+    Kind("users", (), "users online and their rooms"),
+    Kind("kill", (ROOM, REASON), "destroy a room, ejecting its members"),
+    Kind("kick", (NICK, REASON), "disconnect a user's session"),
+    Kind("stats", (), "uptime, clients, rooms, messages in and out"),
+)
+
+# Events the broker sends without being asked (ROUTER, to one client).
+DIRECT_EVENTS = {
+    "dm": "a private or group message: from, to (list), text, ts",
+    "whisper": "a whisper in a shared room: from, room, text, ts",
+    "broadcast": "a message to everyone: from, text, ts",
+    "ejected": "you were removed from a room: room, reason",
+    "rekey": "a room's topic changed (someone left): room, topic, seq",
+    "kicked": "the operator ended your session: reason",
+    "shutdown": "the broker is stopping: reason",
+}
+
+# Events of a room's sequenced stream (publisher, and history replies).
+ROOM_EVENTS = {
+    "msg": "a chat message: room, seq, from, text, ts, me (optional)",
+    "join": "a member entered: room, seq, name, ts",
+    "leave": "a member left: room, seq, name, ts, reason (optional)",
+}
+# Published but not sequenced: tells subscribers the room's latest seq.
+ROOM_TICK = "tick"
