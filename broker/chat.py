@@ -288,7 +288,7 @@ class Chat:
     def _join(self, session: Session, room: str, name: str | None) -> dict[str, Any]:
         target = self._room(room)
         if session.name is not None and room in session.rooms and name in (None, session.name):
-            return self._welcome(target)  # already a member: the room becomes current
+            return self._welcome(session, target)  # already a member: it becomes current
         self._name_for_entry(session, name)
         return self._enter(session, target)
 
@@ -408,11 +408,11 @@ class Chat:
         room.members[session.name] = session
         session.rooms[room.name] = room
         self._room_event(room, "join", name=session.name)
-        return self._welcome(room)
+        return self._welcome(session, room)
 
-    def _welcome(self, room: Room) -> dict[str, Any]:
+    def _welcome(self, session: Session, room: Room) -> dict[str, Any]:
         """What a member needs to follow a room: its topic, members and recent history."""
-        return {"room": room.name, "topic": room.topic, "seq": room.seq,
+        return {"room": room.name, "name": session.name, "topic": room.topic, "seq": room.seq,
                 "inc": self.incarnation, "members": list(room.members),
                 "history": self.store.events(room.name, limit=self.join_history)}
 

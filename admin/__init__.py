@@ -1,0 +1,1 @@
+"""The zchat operator tool: talks to the broker's control socket."""

@@ -1,0 +1,104 @@
+"""``python -m admin``: list and kill rooms, list and kick users, read the stats.
+
+One request per run over a REQ socket to the broker's control address; no answer within
+the timeout (2 s by default) is an error and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import zmq
+
+from schema import pack, request, unpack
+
+EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m admin", description="Operate a zchat broker.")
+    p.add_argument("--control", default="tcp://127.0.0.1:5557",
+                   help="the broker's control address (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=2.0,
+                   help="seconds to wait for the broker (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the raw reply as JSON")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    sub.add_parser("ls", help="rooms with member counts and members")
+    sub.add_parser("users", help="users online and their rooms")
+    kill = sub.add_parser("kill", help="destroy a room, ejecting its members")
+    kill.add_argument("room")
+    kill.add_argument("--reason", help="told to the ejected members")
+    kick = sub.add_parser("kick", help="disconnect a user's session")
+    kick.add_argument("name")
+    kick.add_argument("--reason", help="told to the user")
+    sub.add_parser("stats", help="uptime, clients, rooms, messages in and out")
+    return p.parse_args(argv)
+
+
+def ask(control: str, message: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+    """One request, one reply; None if no broker answered in time."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(control)
+        sock.send(pack(message))
+        if not sock.poll(timeout * 1000):
+            return None
+        return unpack(sock.recv())
+    finally:
+        sock.close(0)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def show(cmd: str, reply: dict[str, Any]) -> list[str]:
+    if cmd == "ls":
+        rooms = reply["rooms"]
+        if not rooms:
+            return ["No rooms"]
+        return [f"{r['room']}  {_plural(r['count'], 'member')}"
+                + (f": {', '.join(r['members'])}" if r["members"] else "") for r in rooms]
+    if cmd == "users":
+        lines = [f"{u['name']}  in {', '.join(u['rooms']) or '(lobby)'}"
+                 for u in reply["users"]] or ["No users logged in"]
+        if reply.get("anonymous"):
+            lines.append(f"(and {_plural(reply['anonymous'], 'client')} not logged in)")
+        return lines
+    if cmd == "kill":
+        ejected = reply.get("ejected") or []
+        return [f"Killed room {reply['room']}; ejected {_plural(len(ejected), 'member')}"
+                + (f": {', '.join(ejected)}" if ejected else "")]
+    if cmd == "kick":
+        return [f"Kicked {reply['name']}"]
+    if cmd == "stats":
+        return [f"uptime        {reply['uptime']:.1f} s",
+                f"clients       {reply['clients']} ({reply['users']} logged in)",
+                f"rooms         {reply['rooms']}",
+                f"messages in   {reply['messages_in']}",
+                f"messages out  {reply['messages_out']}",
+                f"room messages {reply['room_messages']}"]
+    return [json.dumps(reply)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    fields = {k: getattr(args, k, None) for k in ("room", "name", "reason")}
+    reply = ask(args.control, request(1, args.cmd, **fields), args.timeout)
+    if reply is None:
+        print(f"Error: no broker answered at {args.control} within {args.timeout:g} s",
+              file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if args.json:
+        print(json.dumps(reply, default=repr))
+    if not reply.get("ok"):
+        print(f"Error: {reply.get('error')}", file=sys.stderr)
+        return EXIT_ERROR
+    if not args.json:
+        print("\n".join(show(args.cmd, reply)))
+    return EXIT_OK

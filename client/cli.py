@@ -1,0 +1,110 @@
+"""``python -m client``: chat from a terminal, or drive the chat from a script.
+
+* stdin a terminal: interactive; incoming messages appear above the line being typed.
+* stdin not a terminal: one command per input line, one output line per event, flushed.
+* ``--json``: every event as one JSON object per line, for bots and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from typing import Callable
+
+from .connection import Connection, Event, Refused, Unreachable
+from .render import render
+from .runner import EXIT_REFUSED, EXIT_UNREACHABLE, Runner
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m client", description="The zchat client.")
+    p.add_argument("--server", default="tcp://127.0.0.1:5555",
+                   help="the broker's address (default %(default)s)")
+    p.add_argument("--name", help="log in with this nickname at once")
+    p.add_argument("--json", action="store_true",
+                   help="print every event as one JSON object per line")
+    p.add_argument("--timeout", type=float, default=2.0,
+                   help="seconds to wait for the broker at start (default %(default)s)")
+    return p.parse_args(argv)
+
+
+def _line_printer(as_json: bool) -> Callable[[Event], None]:
+    def show(event: Event) -> None:
+        if as_json:
+            print(json.dumps({"event": event.kind, **event.data}, default=repr), flush=True)
+        else:
+            for line in render(event):
+                print(line, flush=True)
+    return show
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    show = _line_printer(args.json)
+    conn = Connection(args.server)
+    try:
+        conn.hello(timeout=args.timeout)
+    except Unreachable as exc:
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        conn.close()
+        return EXIT_UNREACHABLE
+    except Refused as exc:
+        print(f"Error: the broker refused us: {exc.text}", file=sys.stderr, flush=True)
+        conn.close()
+        return EXIT_REFUSED
+    if args.name:
+        conn.request("login", name=args.name)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not args.json
+    try:
+        if interactive:
+            return _interactive(conn, args.server)
+        show(Event("info", {"text": f"Connected to {args.server}"})) if not args.json else None
+        return Runner(conn, show, sys.stdin.fileno()).run()
+    finally:
+        conn.close()
+
+
+def _interactive(conn: Connection, server: str) -> int:
+    """A prompt at the bottom; the network loop runs beside it and prints above it."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    session: PromptSession[str] = PromptSession()
+    read_end, write_end = os.pipe()
+    outcome: dict[str, int] = {}
+
+    def show(event: Event) -> None:
+        for line in render(event):
+            print(line)
+        if session.app.is_running:
+            session.app.invalidate()  # the prompt shows the current room
+
+    def network() -> None:
+        outcome["code"] = Runner(conn, show, read_end).run()
+        app = session.app
+        if app.is_running and app.loop is not None:
+            app.loop.call_soon_threadsafe(lambda: app.exit(exception=EOFError()))
+
+    def prompt() -> str:
+        return f"[{conn.current}] " if conn.current else f"{conn.name or 'lobby'}> "
+
+    print(f"Connected to {server}. Type /help for commands.")
+    thread = threading.Thread(target=network, name="zchat-network", daemon=True)
+    thread.start()
+    with patch_stdout(raw=True):
+        while thread.is_alive():
+            try:
+                line = session.prompt(prompt)
+            except (EOFError, KeyboardInterrupt):
+                line = "/quit"
+            if thread.is_alive():
+                os.write(write_end, line.encode() + b"\n")
+            if line.strip() in ("/quit", "/exit") or (not conn.current and line.strip()
+                                                      in ("quit", "exit")):
+                break
+    thread.join(timeout=3)
+    os.close(write_end)
+    return outcome.get("code", 0)

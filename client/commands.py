@@ -1,0 +1,251 @@
+"""What a typed line means: a pure function from text (and the current room) to a command.
+
+No sockets, no state beyond what is passed in, so every corner is unit-tested directly.
+The command table below is also what ``/help`` prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from schema import ERRORS
+from schema import protocol as P
+
+
+@dataclass(frozen=True)
+class Send:
+    """Requests for the broker (``list`` is two), carried out in order."""
+
+    requests: tuple[tuple[str, dict[str, Any]], ...]
+
+
+@dataclass(frozen=True)
+class Local:
+    """Something the client does by itself: ``help``, ``quit``, ``history``."""
+
+    action: str
+    arg: Any = None
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The line is wrong; ``text`` is what to print (exact texts come from the schema)."""
+
+    code: str
+    text: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.text:
+            object.__setattr__(self, "text", ERRORS[self.code])
+
+
+Command = Send | Local | Refused
+
+
+def send(cmd: str, **fields: Any) -> Send:
+    return Send(((cmd, {k: v for k, v in fields.items() if v is not None}),))
+
+
+INVALID = Refused("invalid_command")
+BAD_USERNAME = Refused("bad_username")
+BAD_MESSAGE = Refused("bad_message")
+BAD_ROOM = Refused("bad_room_name")
+NO_ROOM = Refused("not_a_member", "You are not in a room: /join ROOM first")
+
+
+@dataclass(frozen=True)
+class Spec:
+    names: tuple[str, ...]
+    usage: str
+    doc: str
+    parse: Callable[[str, str | None], Command] = field(repr=False)
+
+
+def _words(rest: str) -> list[str]:
+    return rest.split()
+
+
+def _split_text(rest: str) -> tuple[str, str]:
+    """``NAME TEXT...`` -> (NAME, TEXT); the text keeps its inner spacing."""
+    head, _, text = rest.strip().partition(" ")
+    return head, text.strip()
+
+
+def _no_args(cmd: str) -> Callable[[str, str | None], Command]:
+    return lambda rest, room: send(cmd) if not rest.strip() else INVALID
+
+
+def _login(rest: str, room: str | None) -> Command:
+    words = _words(rest)
+    if len(words) != 1 or not P.is_nickname(words[0]):
+        return BAD_USERNAME
+    return send("login", name=words[0])
+
+
+def _enter(cmd: str) -> Callable[[str, str | None], Command]:
+    def parse(rest: str, room: str | None) -> Command:
+        words = _words(rest)
+        if not 1 <= len(words) <= 2:
+            return INVALID
+        if not P.is_room_name(words[0]):
+            return BAD_ROOM
+        if len(words) == 2 and not P.is_nickname(words[1]):
+            return BAD_USERNAME
+        return send(cmd, room=words[0], name=words[1] if len(words) == 2 else None)
+    return parse
+
+
+def _room_or_current(cmd: str) -> Callable[[str, str | None], Command]:
+    def parse(rest: str, room: str | None) -> Command:
+        words = _words(rest)
+        if len(words) > 1:
+            return INVALID
+        target = words[0] if words else room
+        if target is None:
+            return NO_ROOM
+        if not P.is_room_name(target):
+            return BAD_ROOM
+        return send(cmd, room=target)
+    return parse
+
+
+def _list(rest: str, room: str | None) -> Command:
+    if rest.strip():
+        return INVALID
+    return Send((("users", {}), ("rooms", {})))
+
+
+def _whisper(rest: str, room: str | None) -> Command:
+    name, text = _split_text(rest)
+    if not name or not text:
+        return INVALID
+    if not P.is_nickname(name):
+        return BAD_USERNAME
+    if len(text) > P.TEXT_MAX:
+        return BAD_MESSAGE
+    if room is None:
+        return NO_ROOM
+    return send("whisper", room=room, to=name, text=text)
+
+
+def _msg(rest: str, room: str | None) -> Command:
+    names, text = _split_text(rest)
+    to = names.split(",") if names else []
+    if not to or not text or len(to) > P.RECIPIENTS_MAX:
+        return BAD_USERNAME
+    if not all(P.is_nickname(n) for n in to):
+        return BAD_USERNAME
+    if len(text) > P.TEXT_MAX:
+        return BAD_MESSAGE
+    return send("msg", to=to, text=text)
+
+
+def _broadcast(rest: str, room: str | None) -> Command:
+    text = rest.strip()
+    if not text:
+        return INVALID
+    if len(text) > P.TEXT_MAX:
+        return BAD_MESSAGE
+    return send("broadcast", text=text)
+
+
+def _say(text: str, room: str | None, me: bool = False) -> Command:
+    if room is None:
+        return NO_ROOM
+    if not text:
+        return INVALID
+    if len(text) > P.TEXT_MAX:
+        return BAD_MESSAGE
+    return send("say", room=room, text=text, me=True if me else None)
+
+
+def _me(rest: str, room: str | None) -> Command:
+    return _say(rest.strip(), room, me=True)
+
+
+def _history(rest: str, room: str | None) -> Command:
+    words = _words(rest)
+    if len(words) > 1 or (words and not (words[0].isdigit()
+                                          and 0 < int(words[0]) <= P.HISTORY_PAGE_MAX)):
+        return INVALID
+    if room is None:
+        return NO_ROOM
+    return Local("history", int(words[0]) if words else 20)
+
+
+def _local(action: str) -> Callable[[str, str | None], Command]:
+    def parse(rest: str, room: str | None) -> Command:
+        if action == "help":
+            topic = rest.strip().lstrip("/")
+            return Local("help", topic or None)
+        return Local(action) if not rest.strip() else INVALID
+    return parse
+
+
+COMMANDS: tuple[Spec, ...] = (
+    Spec(("login",), "/login NAME", "take a nickname (1-20 characters, no spaces)", _login),
+    Spec(("logout",), "/logout", "give up your nickname and leave every room",
+         _no_args("logout")),
+    Spec(("users",), "/users", "who is logged in", _no_args("users")),
+    Spec(("rooms", "ls"), "/rooms", "rooms and their member counts", _no_args("rooms")),
+    Spec(("list",), "/list", "users and rooms", _list),
+    Spec(("create",), "/create ROOM [NAME]", "create a room and enter it", _enter("create")),
+    Spec(("join",), "/join ROOM [NAME]", "enter a room (or make it current)", _enter("join")),
+    Spec(("leave",), "/leave [ROOM]", "leave the current or named room",
+         _room_or_current("leave")),
+    Spec(("who",), "/who [ROOM]", "members of the current or named room",
+         _room_or_current("who")),
+    Spec(("whisper",), "/whisper NAME TEXT", "a private word to a member of this room",
+         _whisper),
+    Spec(("msg", "sendto"), "/msg NAME[,NAME...] TEXT",
+         "private message to a user, or to several", _msg),
+    Spec(("broadcast",), "/broadcast TEXT", "message every logged-in user", _broadcast),
+    Spec(("me",), "/me ACTION", "describe what you do, in the current room", _me),
+    Spec(("history",), "/history [N]", "show N older messages of the current room",
+         _history),
+    Spec(("help", "commands"), "/help [COMMAND]", "this list, or one command's usage",
+         _local("help")),
+    Spec(("quit", "exit"), "/quit", "leave the chat", _local("quit")),
+)
+
+_BY_NAME = {name: spec for spec in COMMANDS for name in spec.names}
+
+
+def find(name: str) -> Spec | None:
+    return _BY_NAME.get(name.lower())
+
+
+def parse(line: str, room: str | None) -> Command | None:
+    """Interpret one typed line. ``room`` is the current room (None in the lobby).
+
+    Slash commands work everywhere; in the lobby the slash is optional. In a room,
+    anything else is said to the room (``//text`` says a line starting with a slash).
+    Returns None for a blank line.
+    """
+    stripped = line.strip()
+    if not stripped:
+        return None
+    if stripped.startswith("//") and room is not None:
+        return _say(stripped[1:], room)
+    slash = stripped.startswith("/")
+    if not slash and room is not None:
+        return _say(stripped, room)
+    word, _, rest = stripped.lstrip("/").partition(" ")
+    spec = find(word)
+    if spec is None:
+        return INVALID
+    return spec.parse(rest, room)
+
+
+def help_text(topic: str | None = None) -> list[str]:
+    if topic:
+        spec = find(topic)
+        if spec is None:
+            return [f"No such command: {topic}"]
+        aliases = ", ".join("/" + n for n in spec.names[1:])
+        return [f"{spec.usage}  {spec.doc}" + (f" (also {aliases})" if aliases else "")]
+    width = max(len(s.usage) for s in COMMANDS)
+    return (["Commands (in the lobby the slash is optional; in a room, plain text is said "
+             "to the room):"]
+            + [f"  {s.usage.ljust(width)}  {s.doc}" for s in COMMANDS])

@@ -1,0 +1,392 @@
+"""The client library: one session with a broker, turned into a stream of events.
+
+``Connection`` owns a DEALER (requests, replies, private traffic) and a SUB (room events).
+It keeps every room it is in gap-free: room events carry a per-room ``seq``; one that
+arrives early is held back while the missing ones are fetched over the DEALER, and one
+already seen is dropped. Rooms tick once a second with their latest seq, so a missed
+*last* message is noticed too, and a room that falls silent is re-subscribed (the broker
+may have refused a subscription while guarding against a hostile peer).
+
+Nothing here prints or reads a terminal: UIs (line mode, JSON, interactive) consume
+``Event``s and call ``request``. The bench drives this class directly too.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import zmq
+
+from schema import PROTOCOL_VERSION, pack, unpack
+from schema import protocol as P
+
+CATCH_UP_PAGE = P.HISTORY_PAGE_MAX
+SILENT_ROOM = 3.5 * P.ROOM_TICK_INTERVAL  # no event nor tick this long: re-subscribe
+HELD_BACK_MAX = 10_000  # early events kept while a gap is fetched
+
+
+class Unreachable(Exception):
+    """No broker answered in time."""
+
+
+class Refused(Exception):
+    """The broker answered the hello with an error (full, wrong version)."""
+
+    def __init__(self, code: str, text: str):
+        super().__init__(text)
+        self.code, self.text = code, text
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something for the user: ``kind`` names it, ``data`` is JSON-ready."""
+
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass
+class RoomView:
+    """What this client knows of a room it is in."""
+
+    name: str
+    topic: bytes
+    seq: int  # the last event delivered to the user, in order
+    oldest: int  # the oldest seq shown, for paging back
+    heard: float  # when the room last sent anything (event or tick)
+    catching_up: int | None = None  # id of the outstanding catch-up request
+    held: dict[int, dict[str, Any]] = field(default_factory=dict)  # early events
+
+
+@dataclass(frozen=True)
+class _Pending:
+    cmd: str
+    args: dict[str, Any]
+    purpose: str  # "user" (someone waits on it), "scrollback", or "catch-up"
+
+
+def _pub_address(advertised: str, server: str) -> str:
+    """The broker advertises its bound address; a wildcard host means 'my host'."""
+    pub, srv = urlsplit(advertised), urlsplit(server)
+    if pub.scheme == "tcp" and pub.hostname in ("0.0.0.0", "*", "::") and srv.hostname:
+        return f"tcp://{srv.hostname}:{pub.port}"
+    return advertised
+
+
+class Connection:
+    def __init__(self, server: str, *, ctx: zmq.Context | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.server = server
+        self.ctx = ctx or zmq.Context.instance()
+        self.clock = clock
+        self.client_id = os.urandom(8).hex()
+        self.dealer = self.ctx.socket(zmq.DEALER)
+        # Our own routing id: after a network blip the broker still knows who we are.
+        self.dealer.setsockopt(zmq.ROUTING_ID, b"c" + os.urandom(15))
+        self.sub = self.ctx.socket(zmq.SUB)
+        for sock in (self.dealer, self.sub):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        self.dealer.connect(server)
+        self.name: str | None = None
+        self.current: str | None = None
+        self.rooms: dict[str, RoomView] = {}
+        self.incarnation: str | None = None
+        self.heartbeat = P.HEARTBEAT_INTERVAL
+        self.timeout = P.PEER_TIMEOUT
+        self.lost = False
+        self.closed = False
+        self.closed_reason: str | None = None
+        self._next_id = 1
+        self._pending: dict[int, _Pending] = {}
+        self._events: deque[Event] = deque()
+        now = clock()
+        self._last_heard = self._last_sent = now
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def hello(self, timeout: float = 2.0) -> dict[str, Any]:
+        """Open the session; raise Unreachable if no broker answers within ``timeout``."""
+        rid = self._send("hello", {"version": PROTOCOL_VERSION, "client": self.client_id})
+        deadline = self.clock() + timeout
+        while (left := deadline - self.clock()) > 0:
+            if not self.dealer.poll(left * 1000):
+                break
+            reply = self._decode(self.dealer.recv())
+            if reply is None or reply.get("re") != rid:
+                continue
+            if not reply.get("ok"):
+                raise Refused(str(reply.get("code")), str(reply.get("error")))
+            self.incarnation = reply["inc"]
+            self.heartbeat = float(reply.get("heartbeat", self.heartbeat))
+            self.timeout = float(reply.get("timeout", self.timeout))
+            self.sub.connect(_pub_address(reply["pub"], self.server))
+            self._last_heard = self.clock()
+            return reply
+        raise Unreachable(f"No broker answered at {self.server} within {timeout:g} s")
+
+    def close(self) -> None:
+        self.closed = True
+        self.dealer.close(0)
+        self.sub.close(0)
+
+    # -- what UIs call --------------------------------------------------------------------
+
+    def request(self, cmd: str, purpose: str = "user", **fields: Any) -> int:
+        args = {k: v for k, v in fields.items() if v is not None}
+        rid = self._send(cmd, args)
+        self._pending[rid] = _Pending(cmd, args, purpose)
+        return rid
+
+    def scroll_back(self, limit: int) -> int | None:
+        """Ask for ``limit`` events older than the oldest shown in the current room."""
+        view = self.rooms.get(self.current or "")
+        if view is None:
+            return None
+        return self.request("history", "scrollback", room=view.name,
+                            before=view.oldest, limit=limit)
+
+    @property
+    def busy(self) -> bool:
+        """Is a request the user made still unanswered?"""
+        return any(p.purpose != "catch-up" for p in self._pending.values())
+
+    def pump(self) -> list[Event]:
+        """Take in everything waiting on both sockets, do the housekeeping that is due,
+        and return the events for the user, in order. Never blocks."""
+        while not self.closed:
+            try:
+                frame = self.dealer.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._from_broker(frame)
+        while not self.closed:
+            try:
+                frames = self.sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames) == 2:
+                event = self._decode(frames[1])
+                if event is not None:
+                    self._from_room(event)
+        if not self.closed:
+            self._housekeeping()
+        events = list(self._events)
+        self._events.clear()
+        return events
+
+    def next_wakeup(self) -> float:
+        """Seconds until housekeeping is next due (for the caller's poll timeout)."""
+        return max(0.0, min(self._last_sent + self.heartbeat, self.clock() + 0.5)
+                   - self.clock())
+
+    # -- sending --------------------------------------------------------------------------
+
+    def _send(self, cmd: str, args: dict[str, Any]) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        try:
+            self.dealer.send(pack({"id": rid, "cmd": cmd, **args}), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the broker is gone and our queue is full; liveness will say so
+        self._last_sent = self.clock()
+        return rid
+
+    @staticmethod
+    def _decode(frame: bytes) -> dict[str, Any] | None:
+        try:
+            message = unpack(frame)
+        except Exception:
+            return None
+        return message if isinstance(message, dict) else None
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        self._events.append(Event(kind, data))
+
+    # -- what arrives over the DEALER -----------------------------------------------------
+
+    def _from_broker(self, frame: bytes) -> None:
+        self._last_heard = self.clock()
+        if self.lost:
+            self.lost = False
+            self._emit("restored", server=self.server)
+        message = self._decode(frame)
+        if message is None:
+            return
+        if "re" in message:
+            pending = self._pending.pop(message["re"], None) if message["re"] else None
+            if pending is not None:
+                self._reply(pending, message)
+        elif isinstance(message.get("ev"), str):
+            self._direct(message)
+
+    def _reply(self, pending: _Pending, reply: dict[str, Any]) -> None:
+        ok = bool(reply.get("ok"))
+        if pending.purpose == "catch-up":
+            self._caught_up(pending.args["room"], reply if ok else None)
+            return
+        if not ok:
+            self._emit("error", cmd=pending.cmd, code=reply.get("code"),
+                       text=reply.get("error"))
+            return
+        # The request's own fields (the text of a /msg, say) help UIs tell the outcome.
+        data = {**pending.args, **{k: v for k, v in reply.items()
+                                   if k not in ("re", "ok", "topic", "history")}}
+        if pending.purpose == "scrollback":
+            self._scrolled_back(reply)
+            return
+        replay: list[dict[str, Any]] = []
+        if pending.cmd == "login":
+            self.name = reply["name"]
+        elif pending.cmd == "logout":
+            for room in list(self.rooms):
+                self._forget_room(room)
+            self.name = None
+        elif pending.cmd in ("create", "join"):
+            replay = self._entered(reply)
+        elif pending.cmd == "leave":
+            self._forget_room(reply["room"])
+        self._emit("reply", cmd=pending.cmd, **data)
+        for event in replay:
+            self._emit(event["ev"], replay=True, **_fields(event))
+
+    def _entered(self, reply: dict[str, Any]) -> list[dict[str, Any]]:
+        """Follow a room we entered; return its recent history to show (once)."""
+        name = reply["room"]
+        self.name = reply["name"]  # the broker may have given us one (NAME, or a guest)
+        self.current = name
+        if name in self.rooms:
+            return []  # already following it: it just became current
+        history = [e for e in reply.get("history", ()) if isinstance(e, dict)]
+        view = RoomView(name, reply["topic"], seq=reply["seq"],
+                        oldest=history[0]["seq"] if history else reply["seq"] + 1,
+                        heard=self.clock())
+        self.rooms[name] = view
+        self.sub.setsockopt(zmq.SUBSCRIBE, view.topic)
+        return history
+
+    def _scrolled_back(self, reply: dict[str, Any]) -> None:
+        view = self.rooms.get(reply.get("room", ""))
+        events = [e for e in reply.get("events", ()) if isinstance(e, dict)]
+        if view is not None and events:
+            view.oldest = min(view.oldest, events[0]["seq"])
+        self._emit("history", room=reply.get("room"), events=[
+            {"kind": e["ev"], **_fields(e)} for e in events])
+
+    def _direct(self, message: dict[str, Any]) -> None:
+        ev = message["ev"]
+        if ev == "ejected":
+            self._forget_room(message.get("room", ""))
+        elif ev == "rekey":
+            self._rekey(message)
+            return
+        elif ev in ("kicked", "shutdown"):
+            self.closed_reason = message.get("reason")
+        self._emit(ev, **_fields(message))
+
+    # -- rooms: in order, without gaps or repeats -----------------------------------------
+
+    def _from_room(self, event: dict[str, Any]) -> None:
+        view = self.rooms.get(event.get("room"))  # type: ignore[arg-type]
+        seq = event.get("seq")
+        if view is None or type(seq) is not int:
+            return
+        view.heard = self.clock()
+        if event.get("ev") == P.ROOM_TICK:
+            if seq > view.seq:
+                self._catch_up(view)
+            return
+        if seq <= view.seq:
+            return  # seen already
+        if seq == view.seq + 1:
+            self._deliver(view, event)
+            self._release_held(view)
+        else:
+            if len(view.held) < HELD_BACK_MAX:
+                view.held[seq] = event
+            self._catch_up(view)
+
+    def _deliver(self, view: RoomView, event: dict[str, Any]) -> None:
+        view.seq = event["seq"]
+        self._emit(event["ev"], **_fields(event))
+
+    def _release_held(self, view: RoomView) -> None:
+        while (event := view.held.pop(view.seq + 1, None)) is not None:
+            self._deliver(view, event)
+        for seq in [s for s in view.held if s <= view.seq]:
+            del view.held[seq]
+
+    def _catch_up(self, view: RoomView) -> None:
+        if view.catching_up is None:
+            view.catching_up = self.request("history", "catch-up", room=view.name,
+                                            after=view.seq, limit=CATCH_UP_PAGE)
+
+    def _caught_up(self, room: str, reply: dict[str, Any] | None) -> None:
+        view = self.rooms.get(room)
+        if view is None:
+            return
+        view.catching_up = None
+        if reply is None:
+            return
+        for event in reply.get("events", ()):
+            if isinstance(event, dict) and event.get("seq") == view.seq + 1:
+                self._deliver(view, event)
+        self._release_held(view)
+        if reply.get("seq", 0) > view.seq:
+            self._catch_up(view)
+
+    def _rekey(self, message: dict[str, Any]) -> None:
+        """Someone left and the room's topic was replaced: follow it."""
+        view = self.rooms.get(message.get("room", ""))
+        topic = message.get("topic")
+        if view is None or not isinstance(topic, bytes):
+            return
+        self.sub.setsockopt(zmq.UNSUBSCRIBE, view.topic)
+        view.topic = topic
+        self.sub.setsockopt(zmq.SUBSCRIBE, topic)
+        view.heard = self.clock()
+        if isinstance(message.get("seq"), int) and message["seq"] > view.seq:
+            self._catch_up(view)  # the leave event went out on the old topic
+
+    def _forget_room(self, room: str) -> None:
+        view = self.rooms.pop(room, None)
+        if view is not None and not self.closed:
+            self.sub.setsockopt(zmq.UNSUBSCRIBE, view.topic)
+        if self.current == room:
+            self.current = next(reversed(self.rooms), None) if self.rooms else None
+
+    # -- liveness -------------------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        now = self.clock()
+        if now - self._last_sent >= self.heartbeat:
+            self._send_ping()
+        if not self.lost and now - self._last_heard > self.timeout:
+            self.lost = True
+            self._emit("lost", server=self.server, silent=round(now - self._last_heard, 1))
+        for view in self.rooms.values():
+            if now - view.heard > SILENT_ROOM:
+                # Our subscription may have been refused or lost: ask again, catch up.
+                self.sub.setsockopt(zmq.UNSUBSCRIBE, view.topic)
+                self.sub.setsockopt(zmq.SUBSCRIBE, view.topic)
+                view.heard = now
+                self._catch_up(view)
+
+    def _send_ping(self) -> None:
+        # Pings carry id 0: their replies only prove the broker alive, nobody waits.
+        try:
+            self.dealer.send(pack({"id": 0, "cmd": "ping"}), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        self._last_sent = self.clock()
+
+
+def _fields(event: dict[str, Any]) -> dict[str, Any]:
+    """An event's fields for the user: everything but the wire's bookkeeping."""
+    return {k: v for k, v in event.items() if k not in ("ev", "inc", "topic")}
