@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any
 
 from schema import ProtocolError, Request, error, ok
 from schema import protocol as P
@@ -52,7 +53,7 @@ class Publish:
     body: dict[str, Any]
 
 
-Delivery = Union[Send, Publish]
+Delivery = Send | Publish
 
 
 # --- State -------------------------------------------------------------------------------

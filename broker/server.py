@@ -17,7 +17,7 @@ import errno
 import logging
 import time
 from collections import deque
-from typing import Iterable
+from collections.abc import Iterable
 
 import zmq
 

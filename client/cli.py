@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .connection import Connection, Event, Refused, Unreachable
 from .render import render

@@ -6,8 +6,9 @@ The command table below is also what ``/help`` prints.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from schema import ERRORS
 from schema import protocol as P

@@ -7,7 +7,8 @@ cursor, clear your screen or retitle your terminal by chatting.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .connection import Event
 

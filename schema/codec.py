@@ -7,8 +7,9 @@ handler sees it. Validation never raises anything but ProtocolError.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import msgpack
 

@@ -16,8 +16,9 @@ Shape of the conversation (details in PROTOCOL.md):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 PROTOCOL_VERSION = 1
 

@@ -1,0 +1,190 @@
+"""Real processes on real sockets: a broker, clients and the admin tool, for tests.
+
+Everything waits on an event with a deadline (a line appearing, a process ending),
+never on a bare sleep. Output is read by background threads into queues so a chatty
+process can never block on a full pipe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WAIT = 5.0
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Lines:
+    """Lines from a stream, collected by a thread; wait for the one you need."""
+
+    def __init__(self, stream: Any):
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self.closed = False
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream: Any) -> None:
+        for raw in iter(stream.readline, b""):
+            self._queue.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        self._queue.put(None)
+
+    def _take(self, deadline: float) -> str | None:
+        """The next line, or None at end of stream; TimeoutError past the deadline."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        try:
+            line = self._queue.get(timeout=left)
+        except queue.Empty:
+            raise TimeoutError from None
+        if line is None:
+            self.closed = True
+        else:
+            self.seen.append(line)
+        return line
+
+    def wait_for(self, match: Callable[[str], bool] | str, timeout: float = DEFAULT_WAIT
+                 ) -> str:
+        """Consume lines until one matches (a predicate, or a substring)."""
+        test = match if callable(match) else (lambda line: match in line)
+        deadline = time.monotonic() + timeout
+        while not self.closed:
+            try:
+                line = self._take(deadline)
+            except TimeoutError:
+                break
+            if line is not None and test(line):
+                return line
+        raise AssertionError(f"no line matching {match!r} within {timeout} s; "
+                             f"seen: {self.seen[-15:]!r}")
+
+    def drain(self, quiet: float = 0.3) -> list[str]:
+        """Lines that arrive until the stream has been quiet for ``quiet`` seconds.
+        Only for asserting that something did *not* arrive, after a positive wait."""
+        out = []
+        while not self.closed:
+            try:
+                line = self._take(time.monotonic() + quiet)
+            except TimeoutError:
+                break
+            if line is not None:
+                out.append(line)
+        return out
+
+
+@dataclass
+class Broker:
+    proc: subprocess.Popen
+    log: Lines
+    router: str
+    pub: str
+    control: str
+    db: str
+    args: list[str] = field(default_factory=list)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout)
+
+
+READY = re.compile(r"zchat broker ready: router=(\S+) pub=(\S+) control=(\S+)")
+
+
+def start_broker(db: str, *extra: str, router: str = "tcp://127.0.0.1:*",
+                 pub: str = "tcp://127.0.0.1:*", control: str = "tcp://127.0.0.1:*",
+                 timeout: float = 10.0) -> Broker:
+    args = ["--bind", router, "--pub-bind", pub, "--control-bind", control, "--db", db,
+            *extra]
+    proc = subprocess.Popen([sys.executable, "-m", "broker", *args], cwd=ROOT, env=_env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    log = Lines(proc.stderr)
+    try:
+        ready = READY.search(log.wait_for(READY.search, timeout))
+    except AssertionError:
+        proc.kill()
+        raise
+    assert ready
+    return Broker(proc, log, ready[1], ready[2], ready[3], db, args)
+
+
+class Client:
+    """A ``python -m client`` process driven through its stdin, read line by line."""
+
+    def __init__(self, server: str, *extra: str, json_mode: bool = True):
+        self.json_mode = json_mode
+        cmd = [sys.executable, "-m", "client", "--server", server, *extra]
+        if json_mode:
+            cmd.append("--json")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.out = Lines(self.proc.stdout)
+        self.err = Lines(self.proc.stderr)
+
+    def send(self, *lines: str) -> None:
+        assert self.proc.stdin is not None
+        for line in lines:
+            self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def event(self, kind: str | None = None, timeout: float = DEFAULT_WAIT,
+              **match: Any) -> dict[str, Any]:
+        """Wait for a JSON event of this kind whose fields equal ``match``."""
+        def test(line: str) -> bool:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                return False
+            return ((kind is None or ev.get("event") == kind)
+                    and all(ev.get(k) == v for k, v in match.items()))
+        return json.loads(self.out.wait_for(test, timeout))
+
+    def line(self, match: Callable[[str], bool] | str, timeout: float = DEFAULT_WAIT) -> str:
+        return self.out.wait_for(match, timeout)
+
+    def close_input(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+    def wait(self, timeout: float = DEFAULT_WAIT) -> int:
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def admin(control: str, *args: str, timeout: float = 10.0) -> subprocess.CompletedProcess:
+    """Run ``python -m admin`` once; returns the finished process (text output)."""
+    return subprocess.run([sys.executable, "-m", "admin", "--control", control, *args],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def admin_json(control: str, *args: str) -> dict[str, Any]:
+    done = admin(control, "--json", *args)
+    return json.loads(done.stdout)
