@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,11 @@ class Publish:
 
 
 Delivery = Send | Publish
+
+# Requests whose replies are remembered, so a retry is answered without redoing it.
+# The others are harmless to repeat (reads, join of a room one is in, ping, hello).
+_REMEMBERED = frozenset({"login", "logout", "create", "leave", "say", "whisper", "msg",
+                         "broadcast", "bye"})
 
 
 # --- State -------------------------------------------------------------------------------
@@ -120,6 +126,8 @@ class Chat:
         self.topics: dict[bytes, Room] = {}
         self._guests = 0
         self._out: list[Delivery] = []
+        self._answers: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+        self._origin: str | None = None  # "client id:request id" of the request at hand
         for stored in store.rooms():
             room = Room(stored.name, stored.created, stored.creator, stored.last_seq)
             self._add_room(room)
@@ -130,18 +138,41 @@ class Chat:
         """Carry out one validated client request; return what must be delivered."""
         self._out = out = []
         session = self.sessions.get(peer)
+        if session is not None:
+            session.last_seen = self.clock()
+        key = (session.client_id, request.id) if session and session.client_id else None
+        if key and request.retry:
+            answer = self._answer_again(key, request)
+            if answer is not None:
+                return [Send(peer, answer)]
+        self._origin = f"{key[0]}:{key[1]}" if key else None
         try:
             if request.cmd == "hello":
-                result = self._hello(peer, session, **request.args)
+                reply = ok(request.id, **self._hello(peer, session, **request.args))
             elif session is None:
                 raise ProtocolError("no_session")
             else:
-                session.last_seen = self.clock()
-                result = getattr(self, "_" + request.cmd)(session, **request.args)
-            out.insert(0, Send(peer, ok(request.id, **result)))
+                reply = ok(request.id,
+                           **getattr(self, "_" + request.cmd)(session, **request.args))
         except ProtocolError as err:
-            out.insert(0, Send(peer, error(request.id, err)))
+            reply = error(request.id, err)
+        if key and request.cmd in _REMEMBERED:
+            self._answers[key] = reply
+            if len(self._answers) > P.ANSWERS_REMEMBERED:
+                self._answers.popitem(last=False)
+        out.insert(0, Send(peer, reply))
         return out
+
+    def _answer_again(self, key: tuple[str, int], request: Request) -> dict[str, Any] | None:
+        """The reply already given to a retried request, so it is not carried out twice.
+        A message survives a broker restart in the store, and is recognised there."""
+        answer = self._answers.get(key)
+        if answer is None and request.cmd == "say":
+            room = request.args["room"]
+            seq = self.store.seq_of(room, f"{key[0]}:{key[1]}")
+            if seq is not None:
+                answer = ok(request.id, room=room, seq=seq)
+        return answer
 
     def refuse(self, peer: bytes, rid: int | None, err: ProtocolError) -> list[Delivery]:
         """A request that failed validation: an error to its sender, nothing else."""
@@ -445,7 +476,7 @@ class Chat:
         room.seq += 1
         event = {"ev": ev, "room": room.name, "seq": room.seq, "ts": self.clock(),
                  "inc": self.incarnation, **fields}
-        self.store.append(room.name, room.seq, event)
+        self.store.append(room.name, room.seq, event, self._origin if ev == "msg" else None)
         self._out.append(Publish(room.topic, event))
         return room.seq
 

@@ -30,7 +30,9 @@ class Store(Protocol):
     def rooms(self) -> list[StoredRoom]: ...
     def add_room(self, name: str, created: float, creator: str) -> None: ...
     def drop_room(self, name: str) -> None: ...
-    def append(self, room: str, seq: int, event: dict[str, Any]) -> None: ...
+    def append(self, room: str, seq: int, event: dict[str, Any],
+               origin: str | None = None) -> None: ...
+    def seq_of(self, room: str, origin: str) -> int | None: ...
     def events(self, room: str, *, before: int | None = None, after: int | None = None,
                limit: int) -> list[dict[str, Any]]: ...
     def commit(self) -> None: ...
@@ -44,11 +46,13 @@ CREATE TABLE IF NOT EXISTS rooms (
     creator TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
-    room TEXT    NOT NULL,
-    seq  INTEGER NOT NULL,
-    body BLOB    NOT NULL,
+    room   TEXT    NOT NULL,
+    seq    INTEGER NOT NULL,
+    body   BLOB    NOT NULL,
+    origin TEXT,  -- "client id:request id" of the message, to recognise a retry
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_origin ON events (origin) WHERE origin IS NOT NULL;
 """
 
 
@@ -86,10 +90,17 @@ class SqliteStore:
         self._db.execute("DELETE FROM events WHERE room = ?", (name,))
         self._db.execute("DELETE FROM rooms WHERE name = ?", (name,))
 
-    def append(self, room: str, seq: int, event: dict[str, Any]) -> None:
+    def append(self, room: str, seq: int, event: dict[str, Any],
+               origin: str | None = None) -> None:
         self._begin()
-        self._db.execute("INSERT INTO events VALUES (?, ?, ?)",
-                         (room, seq, msgpack.packb(event, use_bin_type=True)))
+        self._db.execute("INSERT INTO events VALUES (?, ?, ?, ?)",
+                         (room, seq, msgpack.packb(event, use_bin_type=True), origin))
+
+    def seq_of(self, room: str, origin: str) -> int | None:
+        """The seq of the event this origin (client id:request id) already made, if any."""
+        row = self._db.execute("SELECT seq FROM events WHERE origin = ? AND room = ?",
+                               (origin, room)).fetchone()
+        return row[0] if row else None
 
     def events(self, room: str, *, before: int | None = None, after: int | None = None,
                limit: int) -> list[dict[str, Any]]:

@@ -68,7 +68,7 @@ class RoomView:
 class _Pending:
     cmd: str
     args: dict[str, Any]
-    purpose: str  # "user" (someone waits on it), "scrollback", or "catch-up"
+    purpose: str  # "user" (someone waits on it), "scrollback", "catch-up" or "resume"
 
 
 def _pub_address(advertised: str, server: str) -> str:
@@ -94,14 +94,19 @@ class Connection:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        # Reconnect by ourselves, backing off from 0.1 s to 2 s between attempts.
+        self.dealer.setsockopt(zmq.RECONNECT_IVL, 100)
+        self.dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         self.dealer.connect(server)
         self.name: str | None = None
         self.current: str | None = None
         self.rooms: dict[str, RoomView] = {}
         self.incarnation: str | None = None
+        self._pub = ""
         self.heartbeat = P.HEARTBEAT_INTERVAL
         self.timeout = P.PEER_TIMEOUT
         self.lost = False
+        self.resuming = False
         self.closed = False
         self.closed_reason: str | None = None
         self._next_id = 1
@@ -114,7 +119,7 @@ class Connection:
 
     def hello(self, timeout: float = 2.0) -> dict[str, Any]:
         """Open the session; raise Unreachable if no broker answers within ``timeout``."""
-        rid = self._send("hello", {"version": PROTOCOL_VERSION, "client": self.client_id})
+        rid = self._send("hello", self._hello_fields())
         deadline = self.clock() + timeout
         while (left := deadline - self.clock()) > 0:
             if not self.dealer.poll(left * 1000):
@@ -124,13 +129,24 @@ class Connection:
                 continue
             if not reply.get("ok"):
                 raise Refused(str(reply.get("code")), str(reply.get("error")))
-            self.incarnation = reply["inc"]
-            self.heartbeat = float(reply.get("heartbeat", self.heartbeat))
-            self.timeout = float(reply.get("timeout", self.timeout))
-            self.sub.connect(_pub_address(reply["pub"], self.server))
-            self._last_heard = self.clock()
+            self._session_opened(reply)
             return reply
         raise Unreachable(f"No broker answered at {self.server} within {timeout:g} s")
+
+    def _hello_fields(self) -> dict[str, Any]:
+        return {"version": PROTOCOL_VERSION, "client": self.client_id}
+
+    def _session_opened(self, reply: dict[str, Any]) -> None:
+        self.incarnation = reply["inc"]
+        self.heartbeat = float(reply.get("heartbeat", self.heartbeat))
+        self.timeout = float(reply.get("timeout", self.timeout))
+        pub = _pub_address(reply["pub"], self.server)
+        if pub != self._pub:
+            if self._pub:
+                self.sub.disconnect(self._pub)
+            self.sub.connect(pub)
+            self._pub = pub
+        self._last_heard = self.clock()
 
     def close(self) -> None:
         self.closed = True
@@ -156,7 +172,11 @@ class Connection:
     @property
     def busy(self) -> bool:
         """Is a request the user made still unanswered?"""
-        return any(p.purpose != "catch-up" for p in self._pending.values())
+        return any(p.purpose in ("user", "scrollback") for p in self._pending.values())
+
+    def silent_for(self) -> float:
+        """Seconds since the broker last said anything."""
+        return self.clock() - self._last_heard
 
     def pump(self) -> list[Event]:
         """Take in everything waiting on both sockets, do the housekeeping that is due,
@@ -189,11 +209,16 @@ class Connection:
 
     # -- sending --------------------------------------------------------------------------
 
-    def _send(self, cmd: str, args: dict[str, Any]) -> int:
-        rid = self._next_id
-        self._next_id += 1
+    def _send(self, cmd: str, args: dict[str, Any], *, rid: int | None = None,
+              retry: bool = False) -> int:
+        if rid is None:
+            rid = self._next_id
+            self._next_id += 1
+        message = {"id": rid, "cmd": cmd, **{k: v for k, v in args.items() if v is not None}}
+        if retry:
+            message["retry"] = True
         try:
-            self.dealer.send(pack({"id": rid, "cmd": cmd, **args}), zmq.NOBLOCK)
+            self.dealer.send(pack(message), zmq.NOBLOCK)
         except zmq.Again:
             pass  # the broker is gone and our queue is full; liveness will say so
         self._last_sent = self.clock()
@@ -221,6 +246,11 @@ class Connection:
         if message is None:
             return
         if "re" in message:
+            if message.get("code") == "no_session":
+                self._resume()  # the broker does not know us: restarted, or we expired
+                if message["re"] in self._pending and \
+                        self._pending[message["re"]].purpose != "resume":
+                    return  # kept, and sent again once the session is back
             pending = self._pending.pop(message["re"], None) if message["re"] else None
             if pending is not None:
                 self._reply(pending, message)
@@ -229,6 +259,9 @@ class Connection:
 
     def _reply(self, pending: _Pending, reply: dict[str, Any]) -> None:
         ok = bool(reply.get("ok"))
+        if pending.purpose == "resume":
+            self._resumed(pending, reply if ok else None, reply)
+            return
         if pending.purpose == "catch-up":
             self._caught_up(pending.args["room"], reply if ok else None)
             return
@@ -361,6 +394,64 @@ class Connection:
             self.sub.setsockopt(zmq.UNSUBSCRIBE, view.topic)
         if self.current == room:
             self.current = next(reversed(self.rooms), None) if self.rooms else None
+
+    # -- resuming after the broker lost our session ----------------------------------------
+
+    def _resume(self) -> None:
+        """Open a new session and put back what we had: nickname, rooms, unanswered
+        requests. Everything is sent at once, in order, on the one DEALER."""
+        if self.resuming or self.closed:
+            return
+        self.resuming = True
+        self._emit("reconnecting", server=self.server)
+        rid = self._send("hello", self._hello_fields())
+        self._pending[rid] = _Pending("hello", {}, "resume")
+
+    def _resumed(self, pending: _Pending, reply: dict[str, Any] | None,
+                 raw: dict[str, Any]) -> None:
+        if pending.cmd == "hello":
+            self.resuming = False
+            if reply is None:
+                self._emit("error", cmd="hello", code=raw.get("code"), text=raw.get("error"))
+                return
+            self._session_opened(reply)
+            if self.name is not None:
+                rid = self._send("login", {"name": self.name})
+                self._pending[rid] = _Pending("login", {"name": self.name}, "resume")
+            for room in self.rooms:
+                args = {"room": room, "name": self.name}
+                self._pending[self._send("join", args)] = _Pending("join", args, "resume")
+            for rid, waiting in list(self._pending.items()):
+                if waiting.purpose in ("user", "scrollback"):
+                    self._send(waiting.cmd, waiting.args, rid=rid, retry=True)
+                elif waiting.purpose == "catch-up":
+                    del self._pending[rid]  # asked of the old session; asked again below
+                    for view in self.rooms.values():
+                        if view.catching_up == rid:
+                            view.catching_up = None
+            self._emit("resumed", server=self.server, inc=self.incarnation,
+                       name=self.name, rooms=list(self.rooms))
+        elif pending.cmd == "login" and reply is None:
+            self._emit("error", cmd="login", code=raw.get("code"),
+                       text=f"Could not take back the nickname {self.name}: {raw.get('error')}")
+            self.name = None
+        elif pending.cmd == "join":
+            room = pending.args["room"]
+            view = self.rooms.get(room)
+            if view is None:
+                return
+            if reply is None:
+                self._forget_room(room)
+                self._emit("ejected", room=room, reason=str(raw.get("error")))
+                return
+            if reply["seq"] < view.seq:
+                view.seq = reply["seq"]  # killed and made anew while we were away
+            if reply["topic"] != view.topic:
+                self.sub.setsockopt(zmq.UNSUBSCRIBE, view.topic)
+                view.topic = reply["topic"]
+                self.sub.setsockopt(zmq.SUBSCRIBE, view.topic)
+            view.heard = self.clock()
+            self._catch_up(view)
 
     # -- liveness -------------------------------------------------------------------------
 

@@ -117,10 +117,14 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "ejected": lambda d: [f"You were removed from {clean(d.get('room'))}: "
                           f"{clean(d.get('reason'))}"],
     "kicked": lambda d: [f"You were disconnected by the operator: {clean(d.get('reason'))}"],
-    "shutdown": lambda d: [f"The broker is shutting down: {clean(d.get('reason'))}"],
+    "shutdown": lambda d: [f"The broker is shutting down ({clean(d.get('reason'))}); "
+                           "will reconnect when it is back"],
     "lost": lambda d: [f"Lost contact with the broker at {clean(d.get('server'))} "
                        f"(silent for {d.get('silent')} s)"],
     "restored": lambda d: [f"Contact with the broker restored at {clean(d.get('server'))}"],
+    "reconnecting": lambda d: [f"Reconnecting to {clean(d.get('server'))}..."],
+    "resumed": lambda d: [f"Reconnected as {clean(d.get('name') or '(no nickname)')}"
+                          + (f" in {_names(d.get('rooms'))}" if d.get("rooms") else "")],
     "reply": _reply,
     "error": lambda d: [clean(d.get("text"))],
     "history": _history,

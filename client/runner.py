@@ -19,6 +19,8 @@ from .commands import Local, Refused, Send
 from .connection import Connection, Event
 
 EXIT_OK, EXIT_LOST, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_ENDED = 0, 1, 2, 3, 4
+# At end of input, how long to wait for a silent broker to come back and answer.
+GIVE_UP_AFTER = 10.0
 
 
 class Runner:
@@ -39,15 +41,15 @@ class Runner:
         while True:
             for event in self.conn.pump():
                 self.show(event)
-                if event.kind in ("kicked", "shutdown"):
+                if event.kind == "kicked":
                     return EXIT_ENDED
             while self._lines and not self.conn.busy and not self._leaving:
                 self._execute(self._lines.popleft())
             if self._eof and not self._lines and not self.conn.busy and not self._leaving:
                 self._leave()
-            if self._leaving and not self.conn.busy:
-                return EXIT_OK
-            if self.conn.lost and (self._eof or self._leaving):
+            if self._leaving and (not self.conn.busy or self.conn.lost):
+                return EXIT_OK  # a broker that is away forgets us by itself
+            if self._eof and self.conn.silent_for() > GIVE_UP_AFTER:
                 return EXIT_LOST  # nobody will answer what we are waiting for
             ready = dict(poller.poll(self.conn.next_wakeup() * 1000))
             if self.input_fd in ready and not self._eof:

@@ -20,11 +20,16 @@ REQUEST_ID_MAX = (1 << 63) - 1
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A validated request: its id, its command and its fields (absent optionals = None)."""
+    """A validated request: its id, its command and its fields (absent optionals = None).
+
+    ``retry`` marks a request sent again after a reconnect, with its original id: the
+    broker answers it from memory (or the store) if it was carried out already.
+    """
 
     id: int
     cmd: str
     args: Mapping[str, Any]
+    retry: bool = False
 
 
 def pack(message: Mapping[str, Any]) -> bytes:
@@ -82,7 +87,10 @@ def parse(message: Any, kinds: Mapping[str, Kind] = CLIENT_REQUESTS) -> Request:
         if field.rule is not None and not field.rule(value):
             raise ProtocolError(field.error)
         args[field.name] = value
-    return Request(rid, cmd, args)
+    retry = message.get("retry", False)
+    if type(retry) is not bool:
+        raise ProtocolError("invalid_command", "Field retry must be bool")
+    return Request(rid, cmd, args, retry)
 
 
 def decode(frame: bytes, kinds: Mapping[str, Kind] = CLIENT_REQUESTS) -> Request:

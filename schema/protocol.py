@@ -38,6 +38,8 @@ FRAME_MAX = 1 << 20  # bytes of one frame; larger frames are dropped by libzmq (
 CONTROL_FRAME_MAX = 64 << 10
 SUBSCRIPTION_FRAME_MAX = 256
 
+ANSWERS_REMEMBERED = 100_000  # replies kept to answer retried requests without redoing them
+
 HEARTBEAT_INTERVAL = 1.0  # seconds between client pings
 PEER_TIMEOUT = 4.0  # a client silent this long is gone; a broker silent this long is dead
 ROOM_TICK_INTERVAL = 1.0  # seconds between a room's "latest seq" ticks on the publisher
