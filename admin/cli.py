@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import zmq
 
-from schema import pack, request, unpack
+from schema import keys, pack, request, unpack
 
 EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
 
@@ -25,6 +26,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=2.0,
                    help="seconds to wait for the broker (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the raw reply as JSON")
+    p.add_argument("--keys", metavar="DIR",
+                   help="key directory (default $ZCHAT_KEYS, else data/keys): broker.key "
+                        "and our admin.key_secret are read from it")
+    p.add_argument("--identity", metavar="FILE",
+                   help="operator key pair to use instead of DIR/admin.key_secret")
+    p.add_argument("--server-key", metavar="KEY|FILE",
+                   help="the broker's public key instead of DIR/broker.key")
+    p.add_argument("--insecure", action="store_true",
+                   help="plaintext, for a broker started with --insecure")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     sub.add_parser("ls", help="rooms with member counts and members")
     sub.add_parser("users", help="users online and their rooms")
@@ -35,22 +45,64 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     kick.add_argument("name")
     kick.add_argument("--reason", help="told to the user")
     sub.add_parser("stats", help="uptime, clients, rooms, messages in and out")
+    keygen = sub.add_parser("keygen", help="create key pairs (no broker needed): the "
+                                           "broker's and the operator's if missing")
+    keygen.add_argument("--client", metavar="NAME",
+                        help="also a client key pair DIR/clients/NAME.key_secret")
+    keygen.add_argument("--operator", metavar="NAME",
+                        help="also a further operator's pair, admitted once the broker "
+                             "restarts: DIR/admins/NAME.key (+ secret)")
     return p.parse_args(argv)
 
 
-def ask(control: str, message: dict[str, Any], timeout: float) -> dict[str, Any] | None:
-    """One request, one reply; None if no broker answered in time."""
+def ask(control: str, message: dict[str, Any], timeout: float,
+        credentials: tuple[bytes, keys.KeyPair] | None = None) -> dict[str, Any] | None:
+    """One request, one reply; None if no broker answered in time. ``credentials``:
+    the broker's public key and our operator key pair (None for plaintext)."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
+    if credentials is not None:
+        keys.curve_client(sock, *credentials)
     try:
-        sock.connect(control)
-        sock.send(pack(message))
-        if not sock.poll(timeout * 1000):
-            return None
-        return unpack(sock.recv())
+        with keys.handshake_watch(sock) as monitor:
+            sock.connect(control)
+            sock.send(pack(message))
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            poller.register(monitor, zmq.POLLIN)
+            ready = dict(poller.poll(timeout * 1000))
+            if monitor in ready:
+                raise keys.handshake_failure(monitor, control)
+            if sock not in ready:
+                return None
+            return unpack(sock.recv())
     finally:
         sock.close(0)
+
+
+def _credentials(args: argparse.Namespace) -> tuple[bytes, keys.KeyPair] | None:
+    if args.insecure:
+        return None
+    directory = keys.key_dir(args.keys)
+    server = (keys.public_key(args.server_key) if args.server_key
+              else keys.load(directory / "broker.key").public)
+    ours = keys.load(Path(args.identity) if args.identity
+                     else directory / "admin.key_secret")
+    return server, ours
+
+
+def keygen(args: argparse.Namespace) -> int:
+    directory = keys.key_dir(args.keys)
+    for name in keys.ensure(directory):
+        print(f"Created {directory / (name + '.key_secret')}")
+    if args.client:
+        print(f"Created {keys.new_pair(directory / 'clients', args.client)}")
+    if args.operator:
+        print(f"Created {keys.new_pair(directory / 'admins', args.operator)}")
+    print(f"Broker public key (give it to remote clients as --server-key): "
+          f"{keys.load(directory / 'broker.key').public.decode()}")
+    return EXIT_OK
 
 
 def _plural(n: int, word: str) -> str:
@@ -88,8 +140,20 @@ def show(cmd: str, reply: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.cmd == "keygen":
+        return keygen(args)
+    try:
+        credentials = _credentials(args)
+    except (OSError, ValueError) as exc:
+        print(f"Error: cannot read the keys: {exc} (see --keys, or --insecure)",
+              file=sys.stderr)
+        return EXIT_ERROR
     fields = {k: getattr(args, k, None) for k in ("room", "name", "reason")}
-    reply = ask(args.control, request(1, args.cmd, **fields), args.timeout)
+    try:
+        reply = ask(args.control, request(1, args.cmd, **fields), args.timeout, credentials)
+    except keys.HandshakeRefused as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     if reply is None:
         print(f"Error: no broker answered at {args.control} within {args.timeout:g} s",
               file=sys.stderr)

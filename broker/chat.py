@@ -19,10 +19,12 @@ Rules kept throughout:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +32,7 @@ from typing import Any
 from schema import ProtocolError, Request, error, ok
 from schema import protocol as P
 
-from .store import Store
+from .store import Account, Store
 
 log = logging.getLogger("zchat.broker")
 
@@ -72,8 +74,11 @@ class Session:
     peer: bytes
     client_id: str | None
     last_seen: float
+    identity: str | None = None  # the CURVE key it authenticated with (z85), if any
     name: str | None = None
     rooms: dict[str, Room] = field(default_factory=dict)  # insertion-ordered set
+    tokens: float = 0.0  # rate limit: requests it may still make at once...
+    last_refill: float = 0.0  # ...as of this time
 
 
 @dataclass(eq=False)
@@ -108,6 +113,8 @@ class Chat:
         max_clients: int | None = None,
         join_history: int = P.JOIN_HISTORY_DEFAULT,
         peer_timeout: float = P.PEER_TIMEOUT,
+        rate: float = P.RATE_DEFAULT,
+        burst: int = P.BURST_DEFAULT,
         clock: Callable[[], float] = time.time,
         token: Callable[[], str] = lambda: secrets.token_hex(8),
     ):
@@ -116,6 +123,7 @@ class Chat:
         self.max_clients = max_clients
         self.join_history = min(join_history, P.HISTORY_PAGE_MAX)
         self.peer_timeout = peer_timeout
+        self.rate, self.burst = rate, burst
         self.clock = clock
         self._token = token
         self.incarnation = token()
@@ -128,18 +136,33 @@ class Chat:
         self._out: list[Delivery] = []
         self._answers: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
         self._origin: str | None = None  # "client id:request id" of the request at hand
+        self._password_checks: deque[float] = deque()  # when the last few were made
         for stored in store.rooms():
             room = Room(stored.name, stored.created, stored.creator, stored.last_seq)
             self._add_room(room)
 
     # -- entry points used by the broker loop ---------------------------------------------
 
-    def handle(self, peer: bytes, request: Request) -> list[Delivery]:
-        """Carry out one validated client request; return what must be delivered."""
+    def handle(self, peer: bytes, request: Request, identity: str | None = None
+               ) -> list[Delivery]:
+        """Carry out one validated client request; return what must be delivered.
+
+        ``identity`` is the CURVE key the request was authenticated with (None in
+        plaintext mode). A session belongs to the key that opened it: a request from the
+        same routing id under another key is treated as coming from a stranger.
+        """
         self._out = out = []
         session = self.sessions.get(peer)
+        if session is not None and session.identity != identity:
+            if request.cmd != "hello":
+                return [Send(peer, error(request.id, ProtocolError("no_session")))]
+            self._end_session(session, "replaced")
+            session = None
         if session is not None:
             session.last_seen = self.clock()
+            if request.cmd != "ping" and not self._within_rate(session):
+                return [Send(peer, error(request.id, ProtocolError(
+                    "rate_limited", f"Slow down: at most {self.rate:g} requests a second")))]
         key = (session.client_id, request.id) if session and session.client_id else None
         if key and request.retry:
             answer = self._answer_again(key, request)
@@ -148,7 +171,8 @@ class Chat:
         self._origin = f"{key[0]}:{key[1]}" if key else None
         try:
             if request.cmd == "hello":
-                reply = ok(request.id, **self._hello(peer, session, **request.args))
+                reply = ok(request.id,
+                           **self._hello(peer, session, identity, **request.args))
             elif session is None:
                 raise ProtocolError("no_session")
             else:
@@ -263,8 +287,8 @@ class Chat:
     # Each takes the session and the request's fields and returns the reply's fields,
     # or raises ProtocolError before changing anything.
 
-    def _hello(self, peer: bytes, session: Session | None, version: int,
-               client: str | None) -> dict[str, Any]:
+    def _hello(self, peer: bytes, session: Session | None, identity: str | None,
+               version: int, client: str | None) -> dict[str, Any]:
         if version != P.PROTOCOL_VERSION:
             raise ProtocolError("version", f"Unsupported protocol version {version}; "
                                            f"this broker speaks {P.PROTOCOL_VERSION}")
@@ -272,7 +296,8 @@ class Chat:
             if self.max_clients is not None and len(self.sessions) >= self.max_clients:
                 raise ProtocolError("server_full",
                                     f"Server full ({self.max_clients} clients); try later")
-            self.sessions[peer] = Session(peer, client, self.clock())
+            self.sessions[peer] = Session(peer, client, self.clock(), identity,
+                                          tokens=self.burst, last_refill=self.clock())
             log.info("Client connected (%d online)", len(self.sessions))
         return {"inc": self.incarnation, "pub": self.pub_address,
                 "heartbeat": P.HEARTBEAT_INTERVAL, "timeout": self.peer_timeout,
@@ -282,10 +307,24 @@ class Chat:
     def _ping(self, session: Session) -> dict[str, Any]:
         return {}
 
-    def _login(self, session: Session, name: str) -> dict[str, Any]:
-        self._check_name(session, name)
+    def _login(self, session: Session, name: str, password: str | None) -> dict[str, Any]:
+        self._check_name(session, name, password)
         self._take_name(session, name)
         return {"name": name}
+
+    def _register(self, session: Session, password: str | None) -> dict[str, Any]:
+        name = self._require_name(session)
+        if password is None and session.identity is None:
+            raise ProtocolError("credentials_needed",
+                                "Give a password: /register PASSWORD (you have no key)")
+        salt = pwhash = None
+        if password is not None:
+            self._spend_password_check()
+            salt = secrets.token_bytes(16)
+            pwhash = _hash_password(password, salt)
+        self.store.save_account(Account(name, session.identity, salt, pwhash))
+        log.info("%s registered (%s)", name, "password" if password else "key")
+        return {"name": name, "by": "password" if password else "key"}
 
     def _logout(self, session: Session) -> dict[str, Any]:
         name = self._require_name(session)
@@ -386,15 +425,55 @@ class Chat:
             raise ProtocolError("not_logged_in", "Log in first: /login NAME")
         return session.name
 
-    def _check_name(self, session: Session, name: str) -> None:
+    def _check_name(self, session: Session, name: str, password: str | None = None) -> None:
         """May this session take this nickname now?"""
         holder = self.users.get(name)
         if holder is not None and holder is not session:
             raise ProtocolError("name_taken", f"Nickname {name} is taken")
+        if session.name != name:
+            self._check_owner(session, name, password)
         if session.name not in (None, name) and session.rooms:
             raise ProtocolError("already_logged_in",
                                 f"Already logged in as {session.name}; "
                                 f"leave your rooms or /logout to change nickname")
+
+    def _check_owner(self, session: Session, name: str, password: str | None) -> None:
+        """A registered nickname goes only to its key, or to whoever knows its password."""
+        account = self.store.account(name)
+        if account is None:
+            return
+        if account.key is not None and account.key == session.identity:
+            return
+        if password is not None and account.pwhash is not None:
+            self._spend_password_check()
+            if hmac.compare_digest(_hash_password(password, account.salt or b""),
+                                   account.pwhash):
+                return
+        raise ProtocolError("name_reserved",
+                            f"Nickname {name} is registered: /identify {name} PASSWORD")
+
+    def _spend_password_check(self) -> None:
+        """Password hashing is slow on purpose; cap it broker-wide so a flood of guesses
+        cannot stall everyone else."""
+        now = self.clock()
+        while self._password_checks and self._password_checks[0] < now - 1.0:
+            self._password_checks.popleft()
+        if len(self._password_checks) >= P.PASSWORD_CHECKS_PER_SECOND:
+            raise ProtocolError("rate_limited", "Too many password attempts; try again")
+        self._password_checks.append(now)
+
+    def _within_rate(self, session: Session) -> bool:
+        """Token bucket: ``burst`` requests at once, then ``rate`` a second."""
+        if self.rate <= 0:
+            return True
+        now = self.clock()
+        session.tokens = min(self.burst,
+                             session.tokens + (now - session.last_refill) * self.rate)
+        session.last_refill = now
+        if session.tokens < 1:
+            return False
+        session.tokens -= 1
+        return True
 
     def _take_name(self, session: Session, name: str) -> None:
         if session.name == name:
@@ -495,3 +574,7 @@ class Chat:
 
     def _send(self, session: Session, body: dict[str, Any]) -> None:
         self._out.append(Send(session.peer, body))
+
+
+def _hash_password(password: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(password.encode(), salt=salt, n=1 << 13, r=8, p=1)

@@ -10,6 +10,7 @@ import sys
 
 import zmq
 
+from schema import keys
 from schema import protocol as P
 
 from .chat import Chat
@@ -32,6 +33,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default %(default)s)")
     p.add_argument("--durability", choices=("normal", "full"), default="normal",
                    help="normal: survives a broker crash; full: also a power cut, slower")
+    p.add_argument("--keys", metavar="DIR",
+                   help="CURVE key directory, created if missing (default $ZCHAT_KEYS, "
+                        "else 'keys' beside the --db file)")
+    p.add_argument("--insecure", action="store_true",
+                   help="plaintext: no encryption, no identities (never on a network)")
+    p.add_argument("--rate", type=float, default=P.RATE_DEFAULT, metavar="N",
+                   help="requests a second each client may make, steady "
+                        "(default %(default)s; 0 = unlimited)")
+    p.add_argument("--burst", type=int, default=P.BURST_DEFAULT, metavar="N",
+                   help="requests each client may make at once (default %(default)s)")
     p.add_argument("--max-clients", type=int, default=None, metavar="N",
                    help="refuse clients beyond N connected sessions")
     p.add_argument("--history", type=int, default=P.JOIN_HISTORY_DEFAULT, metavar="N",
@@ -41,6 +52,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _beside(db: str, name: str) -> str:
+    """A path next to the store file (``data/keys`` for ``data/zchat.db``)."""
+    if db == ":memory:":
+        return os.path.join("data", name)
+    return os.path.join(os.path.dirname(os.path.abspath(db)), name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -48,11 +66,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.db != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
     store = SqliteStore(args.db, durable=args.durability == "full")
-    chat = Chat(store, max_clients=args.max_clients, join_history=args.history)
+    chat = Chat(store, max_clients=args.max_clients, join_history=args.history,
+                rate=args.rate, burst=args.burst)
+    secret, operators = None, frozenset()
+    if args.insecure:
+        log.warning("Plaintext mode (--insecure): traffic is readable, identities unchecked")
+    else:
+        directory = keys.key_dir(args.keys or os.environ.get("ZCHAT_KEYS")
+                                 or _beside(args.db, "keys"))
+        for name in keys.ensure(directory):
+            log.info("Created %s key pair in %s", name, directory)
+        pair = keys.load(directory / "broker.key_secret")
+        secret, operators = pair.secret, frozenset(keys.operator_keys(directory))
+        log.info("Encrypted (CURVE). Broker public key: %s (%s); %d operator key(s)",
+                 pair.public.decode(), directory / "broker.key", len(operators))
     ctx = zmq.Context()
     try:
         broker = Broker(chat, ctx, bind=args.bind, pub_bind=args.pub_bind,
-                        control_bind=args.control_bind)
+                        control_bind=args.control_bind, secret_key=secret,
+                        operators=operators)
     except zmq.ZMQError as exc:
         log.error("Cannot bind: %s", exc)
         return 1

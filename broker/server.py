@@ -17,14 +17,16 @@ import errno
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 
 import zmq
 
 from schema import ProtocolError, pack, parse, unpack
 from schema import protocol as P
-from schema.codec import decode_admin, error, request_id
+from schema.codec import error, request_id
+from schema.protocol import ADMIN_REQUESTS
 
+from .auth import CHAT, CONTROL, ZAP_ENDPOINT, answer
 from .chat import Chat, Delivery, Publish, Send
 
 log = logging.getLogger("zchat.broker")
@@ -33,32 +35,43 @@ BATCH = 512  # messages taken from one socket per turn, so no socket starves the
 EXPIRY_CHECK = 0.5  # seconds between scans for silent clients
 
 
-def _tune(sock: zmq.Socket, max_frame: int) -> None:
+def _tune(sock: zmq.Socket, max_frame: int, domain: bytes, secret_key: bytes | None) -> None:
     sock.setsockopt(zmq.LINGER, 500)
     sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
     # ZMTP heartbeats: libzmq closes the connection of a frozen or vanished peer.
     sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
-    # A ZAP domain makes libzmq refuse the legacy ZMTP/1.0 framing a raw TCP peer could
-    # otherwise use to inject messages (no authenticator is needed for NULL security).
-    sock.setsockopt(zmq.ZAP_DOMAIN, b"zchat")
+    # Every connection is put to our ZAP handler, and refused if it does not answer.
+    sock.setsockopt(zmq.ZAP_DOMAIN, domain)
+    sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+    if secret_key is not None:
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret_key)
 
 
 class Broker:
     def __init__(self, chat: Chat, ctx: zmq.Context, *, bind: str, pub_bind: str,
-                 control_bind: str):
+                 control_bind: str, secret_key: bytes | None = None,
+                 operators: Set[bytes] = frozenset()):
+        """``secret_key`` (z85) turns on CURVE on every socket; None means plaintext."""
         self.chat = chat
+        self.secure = secret_key is not None
+        self.operators = operators
+        # The authenticator must be listening before any socket can take a connection.
+        self.zap = ctx.socket(zmq.REP)
+        self.zap.setsockopt(zmq.LINGER, 0)
+        self.zap.bind(ZAP_ENDPOINT)
         self.router = ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown peer: an error, not silence
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting client takes over
         self.router.setsockopt(zmq.SNDHWM, 10_000)
-        _tune(self.router, P.FRAME_MAX)
+        _tune(self.router, P.FRAME_MAX, CHAT, secret_key)
         self.publisher = ctx.socket(zmq.XPUB)
         self.publisher.setsockopt(zmq.XPUB_MANUAL, 1)
         self.publisher.setsockopt(zmq.SNDHWM, 10_000)
-        _tune(self.publisher, P.SUBSCRIPTION_FRAME_MAX)
+        _tune(self.publisher, P.SUBSCRIPTION_FRAME_MAX, CHAT, secret_key)
         self.control = ctx.socket(zmq.ROUTER)
-        _tune(self.control, P.CONTROL_FRAME_MAX)
+        _tune(self.control, P.CONTROL_FRAME_MAX, CONTROL, secret_key)
         self.router.bind(bind)
         self.publisher.bind(pub_bind)
         self.control.bind(control_bind)
@@ -69,12 +82,13 @@ class Broker:
         }
         chat.pub_address = self.endpoints["pub"]
         self.stopping = False
+        self._suspect = False  # a non-subscription was read from the publisher: see below
 
     # -- the loop -------------------------------------------------------------------------
 
     def serve(self) -> None:
         poller = zmq.Poller()
-        for sock in (self.router, self.publisher, self.control):
+        for sock in (self.zap, self.router, self.publisher, self.control):
             poller.register(sock, zmq.POLLIN)
         now = time.monotonic()
         next_tick, next_expiry = now + P.ROOM_TICK_INTERVAL, now + EXPIRY_CHECK
@@ -90,6 +104,8 @@ class Broker:
                 raise
             out: list[Delivery] = []
             control_replies: list[list[bytes]] = []
+            if self.zap in ready:
+                self._answer_zap()
             if self.router in ready:
                 out += self._drain_requests()
             if self.control in ready:
@@ -115,22 +131,32 @@ class Broker:
 
     # -- receiving ------------------------------------------------------------------------
 
+    def _answer_zap(self) -> None:
+        for _ in range(BATCH):
+            verdict = answer(self.zap, secure=self.secure, operators=self.operators)
+            if verdict is None:
+                return
+            if not verdict.allowed:
+                log.warning("Refused a connection: %s", verdict.reason)
+
     def _drain_requests(self) -> list[Delivery]:
         out: list[Delivery] = []
         for _ in range(BATCH):
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             self.chat.counters.frames_in += 1
-            peer = frames[0]
+            peer = frames[0].bytes
             rid = None
             try:
                 if len(frames) != 2:
                     raise ProtocolError("malformed", "A request is exactly one frame")
-                message = unpack(frames[1])
+                # Who sent it is what CURVE proved at connect time, never the routing id.
+                identity = frames[1].get("User-Id") or None if self.secure else None
+                message = unpack(frames[1].bytes)
                 rid = request_id(message)
-                out += self.chat.handle(peer, parse(message))
+                out += self.chat.handle(peer, parse(message), identity)
             except ProtocolError as err:
                 out += self.chat.refuse(peer, rid, err)
         return out
@@ -148,10 +174,13 @@ class Broker:
                 log.warning("Control socket: dropped a message that is not a REQ request")
                 continue
             envelope, body = frames[:2], frames[2]
+            rid = None
             try:
-                request = decode_admin(body)
+                message = unpack(body)
+                rid = request_id(message)
+                request = parse(message, ADMIN_REQUESTS)
             except ProtocolError as err:
-                reply = error(None, err)
+                reply = error(rid, err)
             else:
                 log.info("Operator: %s %s", request.cmd,
                          " ".join(f"{k}={v}" for k, v in request.args.items() if v))
@@ -166,20 +195,21 @@ class Broker:
         XPUB_MANUAL applies a (un)subscribe to the pipe of the message read last. A peer
         can send a message that is not a subscription; libzmq queues it without its pipe,
         and a grant made after reading it could land on somebody else's pipe. So after
-        any such message nothing is granted until the queue has been emptied; the peers
-        refused meanwhile subscribe again when their room's ticks fail to arrive.
+        any such message nothing is granted (nor revoked) until the queue has been seen
+        empty, across turns if need be; the peers refused meanwhile subscribe again when
+        their room's ticks fail to arrive.
         """
-        suspect = False
         for _ in range(BATCH):
             try:
                 frames = self.publisher.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return  # queue empty: the last-pipe bookkeeping is trustworthy again
+                self._suspect = False  # queue empty: the last-pipe bookkeeping holds again
+                return
             frame = frames[0]
             if len(frames) != 1 or not frame or frame[0] not in (0, 1):
-                suspect = True
+                self._suspect = True
                 continue
-            if suspect:
+            if self._suspect:
                 continue
             topic = frame[1:]
             if frame[0] == 1 and self.chat.grants(topic):
@@ -213,5 +243,5 @@ class Broker:
         log.info("Shutting down")
         self._deliver(self.chat.shutdown("the broker is shutting down"))
         self.chat.store.close()
-        for sock in (self.router, self.publisher, self.control):
+        for sock in (self.router, self.publisher, self.control, self.zap):
             sock.close()

@@ -26,6 +26,16 @@ class StoredRoom:
     last_seq: int
 
 
+@dataclass(frozen=True)
+class Account:
+    """A registered nickname: who may take it (a CURVE key, a password hash, or both)."""
+
+    name: str
+    key: str | None
+    salt: bytes | None
+    pwhash: bytes | None
+
+
 class Store(Protocol):
     def rooms(self) -> list[StoredRoom]: ...
     def add_room(self, name: str, created: float, creator: str) -> None: ...
@@ -35,6 +45,8 @@ class Store(Protocol):
     def seq_of(self, room: str, origin: str) -> int | None: ...
     def events(self, room: str, *, before: int | None = None, after: int | None = None,
                limit: int) -> list[dict[str, Any]]: ...
+    def account(self, name: str) -> Account | None: ...
+    def save_account(self, account: Account) -> None: ...
     def commit(self) -> None: ...
     def close(self) -> None: ...
 
@@ -52,6 +64,12 @@ CREATE TABLE IF NOT EXISTS events (
     origin TEXT,  -- "client id:request id" of the message, to recognise a retry
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS accounts (
+    name   TEXT PRIMARY KEY,
+    key    TEXT,
+    salt   BLOB,
+    pwhash BLOB
+);
 CREATE INDEX IF NOT EXISTS events_origin ON events (origin) WHERE origin IS NOT NULL;
 """
 
@@ -116,6 +134,16 @@ class SqliteStore:
             "SELECT body FROM events WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
             (room, before if before is not None else 1 << 62, limit))
         return [msgpack.unpackb(b) for (b,) in reversed(rows.fetchall())]
+
+    def account(self, name: str) -> Account | None:
+        row = self._db.execute("SELECT name, key, salt, pwhash FROM accounts WHERE name = ?",
+                               (name,)).fetchone()
+        return Account(*row) if row else None
+
+    def save_account(self, account: Account) -> None:
+        self._begin()
+        self._db.execute("INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?)",
+                         (account.name, account.key, account.salt, account.pwhash))
 
     def commit(self) -> None:
         if self._in_tx:

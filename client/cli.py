@@ -13,6 +13,9 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
+
+from schema import keys
 
 from .connection import Connection, Event, Refused, Unreachable
 from .render import render
@@ -26,6 +29,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", help="log in with this nickname at once")
     p.add_argument("--json", action="store_true",
                    help="print every event as one JSON object per line")
+    p.add_argument("--server-key", metavar="KEY|FILE",
+                   help="the broker's public key (z85, or its broker.key file); by default "
+                        "read from the key directory, as on the broker's own machine")
+    p.add_argument("--keys", metavar="DIR",
+                   help="key directory to find broker.key in (default $ZCHAT_KEYS, "
+                        "else data/keys)")
+    p.add_argument("--identity", metavar="FILE",
+                   help="our key pair (a .key_secret file, see 'python -m admin keygen "
+                        "--client NAME'): keeps a nickname registered to this key")
+    p.add_argument("--insecure", action="store_true",
+                   help="talk plaintext to a broker started with --insecure")
     p.add_argument("--timeout", type=float, default=2.0,
                    help="seconds to wait for the broker at start (default %(default)s)")
     return p.parse_args(argv)
@@ -41,10 +55,29 @@ def _line_printer(as_json: bool) -> Callable[[Event], None]:
     return show
 
 
+def _credentials(args: argparse.Namespace) -> tuple[bytes | None, keys.KeyPair | None]:
+    """The broker key to pin and our own key pair, from the flags and key directory."""
+    if args.insecure:
+        return None, None
+    identity = keys.load(Path(args.identity)) if args.identity else None
+    if args.server_key:
+        return keys.public_key(args.server_key), identity
+    path = keys.key_dir(args.keys) / "broker.key"
+    if not path.exists():
+        raise ValueError(f"no broker key: {path} does not exist. Give --server-key (the "
+                         "broker's public key, printed when it starts) or --insecure")
+    return keys.load(path).public, identity
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     show = _line_printer(args.json)
-    conn = Connection(args.server)
+    try:
+        server_key, identity = _credentials(args)
+    except (OSError, ValueError) as exc:
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
+    conn = Connection(args.server, server_key=server_key, identity=identity)
     try:
         conn.hello(timeout=args.timeout)
     except Unreachable as exc:

@@ -52,6 +52,8 @@ INVALID = Refused("invalid_command")
 BAD_USERNAME = Refused("bad_username")
 BAD_MESSAGE = Refused("bad_message")
 BAD_ROOM = Refused("bad_room_name")
+BAD_PASSWORD = Refused("bad_password", f"Bad password: {P.PASSWORD_MIN} to "
+                                       f"{P.PASSWORD_MAX} characters, no spaces")
 NO_ROOM = Refused("not_a_member", "You are not in a room: /join ROOM first")
 
 
@@ -82,6 +84,26 @@ def _login(rest: str, room: str | None) -> Command:
     if len(words) != 1 or not P.is_nickname(words[0]):
         return BAD_USERNAME
     return send("login", name=words[0])
+
+
+def _register(rest: str, room: str | None) -> Command:
+    words = _words(rest)
+    if len(words) > 1:
+        return INVALID
+    if words and not P.is_password(words[0]):
+        return BAD_PASSWORD
+    return send("register", password=words[0] if words else None)
+
+
+def _identify(rest: str, room: str | None) -> Command:
+    words = _words(rest)
+    if len(words) != 2:
+        return INVALID
+    if not P.is_nickname(words[0]):
+        return BAD_USERNAME
+    if not P.is_password(words[1]):
+        return BAD_PASSWORD
+    return send("login", name=words[0], password=words[1])
 
 
 def _enter(cmd: str) -> Callable[[str, str | None], Command]:
@@ -167,7 +189,7 @@ def _me(rest: str, room: str | None) -> Command:
 
 def _history(rest: str, room: str | None) -> Command:
     words = _words(rest)
-    if len(words) > 1 or (words and not (words[0].isdigit()
+    if len(words) > 1 or (words and not (words[0].isascii() and words[0].isdigit()
                                           and 0 < int(words[0]) <= P.HISTORY_PAGE_MAX)):
         return INVALID
     if room is None:
@@ -186,6 +208,10 @@ def _local(action: str) -> Callable[[str, str | None], Command]:
 
 COMMANDS: tuple[Spec, ...] = (
     Spec(("login",), "/login NAME", "take a nickname (1-20 characters, no spaces)", _login),
+    Spec(("identify",), "/identify NAME PASSWORD", "log in with a registered nickname",
+         _identify),
+    Spec(("register",), "/register [PASSWORD]",
+         "reserve your nickname to your key (--identity), or to a password", _register),
     Spec(("logout",), "/logout", "give up your nickname and leave every room",
          _no_args("logout")),
     Spec(("users",), "/users", "who is logged in", _no_args("users")),

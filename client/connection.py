@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from schema import PROTOCOL_VERSION, pack, unpack
+from schema import PROTOCOL_VERSION, keys, pack, unpack
 from schema import protocol as P
 
 CATCH_UP_PAGE = P.HISTORY_PAGE_MAX
@@ -80,8 +80,12 @@ def _pub_address(advertised: str, server: str) -> str:
 
 
 class Connection:
-    def __init__(self, server: str, *, ctx: zmq.Context | None = None,
+    def __init__(self, server: str, *, server_key: bytes | None = None,
+                 identity: keys.KeyPair | None = None, ctx: zmq.Context | None = None,
                  clock: Callable[[], float] = time.monotonic):
+        """``server_key``: the broker's CURVE public key (z85), pinned; None for a
+        plaintext broker. ``identity``: our own key pair, to keep a registered nickname
+        across runs; a fresh one is made for each connection otherwise."""
         self.server = server
         self.ctx = ctx or zmq.Context.instance()
         self.clock = clock
@@ -90,6 +94,13 @@ class Connection:
         # Our own routing id: after a network blip the broker still knows who we are.
         self.dealer.setsockopt(zmq.ROUTING_ID, b"c" + os.urandom(15))
         self.sub = self.ctx.socket(zmq.SUB)
+        if server_key is not None:
+            if identity is None:
+                public, secret = zmq.curve_keypair()
+                identity = keys.KeyPair(public, secret)
+            for sock in (self.dealer, self.sub):
+                keys.curve_client(sock, server_key, identity)
+        self.secure = server_key is not None
         for sock in (self.dealer, self.sub):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
@@ -103,6 +114,7 @@ class Connection:
         self.rooms: dict[str, RoomView] = {}
         self.incarnation: str | None = None
         self._pub = ""
+        self._password: str | None = None  # kept to take a registered nickname back
         self.heartbeat = P.HEARTBEAT_INTERVAL
         self.timeout = P.PEER_TIMEOUT
         self.lost = False
@@ -118,12 +130,26 @@ class Connection:
     # -- lifecycle ------------------------------------------------------------------------
 
     def hello(self, timeout: float = 2.0) -> dict[str, Any]:
-        """Open the session; raise Unreachable if no broker answers within ``timeout``."""
+        """Open the session; raise Unreachable if no broker answers within ``timeout``,
+        Refused if it says no (full, wrong version) or refuses our key."""
+        with keys.handshake_watch(self.dealer) as monitor:
+            try:
+                return self._await_hello(timeout, monitor)
+            except keys.HandshakeRefused as exc:
+                raise Refused("handshake", str(exc)) from None
+
+    def _await_hello(self, timeout: float, monitor: zmq.Socket) -> dict[str, Any]:
         rid = self._send("hello", self._hello_fields())
         deadline = self.clock() + timeout
+        poller = zmq.Poller()
+        poller.register(self.dealer, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         while (left := deadline - self.clock()) > 0:
-            if not self.dealer.poll(left * 1000):
-                break
+            ready = dict(poller.poll(left * 1000))
+            if monitor in ready:
+                raise keys.handshake_failure(monitor, self.server)
+            if self.dealer not in ready:
+                continue
             reply = self._decode(self.dealer.recv())
             if reply is None or reply.get("re") != rid:
                 continue
@@ -131,7 +157,8 @@ class Connection:
                 raise Refused(str(reply.get("code")), str(reply.get("error")))
             self._session_opened(reply)
             return reply
-        raise Unreachable(f"No broker answered at {self.server} within {timeout:g} s")
+        hint = " (is --server-key the broker's key?)" if self.secure else ""
+        raise Unreachable(f"No broker answered at {self.server} within {timeout:g} s{hint}")
 
     def _hello_fields(self) -> dict[str, Any]:
         return {"version": PROTOCOL_VERSION, "client": self.client_id}
@@ -270,14 +297,15 @@ class Connection:
                        text=reply.get("error"))
             return
         # The request's own fields (the text of a /msg, say) help UIs tell the outcome.
-        data = {**pending.args, **{k: v for k, v in reply.items()
-                                   if k not in ("re", "ok", "topic", "history")}}
+        data = {**{k: v for k, v in pending.args.items() if k != "password"},
+                **{k: v for k, v in reply.items() if k not in ("re", "ok", "topic", "history")}}
         if pending.purpose == "scrollback":
             self._scrolled_back(reply)
             return
         replay: list[dict[str, Any]] = []
         if pending.cmd == "login":
             self.name = reply["name"]
+            self._password = pending.args.get("password")
         elif pending.cmd == "logout":
             for room in list(self.rooms):
                 self._forget_room(room)
@@ -416,8 +444,8 @@ class Connection:
                 return
             self._session_opened(reply)
             if self.name is not None:
-                rid = self._send("login", {"name": self.name})
-                self._pending[rid] = _Pending("login", {"name": self.name}, "resume")
+                args = {"name": self.name, "password": self._password}
+                self._pending[self._send("login", args)] = _Pending("login", args, "resume")
             for room in self.rooms:
                 args = {"room": room, "name": self.name}
                 self._pending[self._send("join", args)] = _Pending("join", args, "resume")

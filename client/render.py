@@ -66,6 +66,8 @@ def _reply(d: dict[str, Any]) -> list[str]:
     cmd = d.get("cmd")
     if cmd == "login":
         return [f"Logged in as {clean(d['name'])}"]
+    if cmd == "register":
+        return [f"Nickname {clean(d['name'])} is now registered to your {clean(d['by'])}"]
     if cmd == "logout":
         return [f"Logged out ({clean(d['name'])})"]
     if cmd == "users":

@@ -39,15 +39,34 @@ def pack(message: Mapping[str, Any]) -> bytes:
 def unpack(frame: bytes) -> Any:
     """Decode one frame; any decoding failure is a ProtocolError('malformed')."""
     try:
-        # strict_map_key: only str/bytes keys; ext types would be an attack surface.
-        return msgpack.unpackb(frame, raw=False, strict_map_key=True,
-                               ext_hook=_refuse_ext)
+        # strict_map_key: only str/bytes keys. Ext types are not part of the protocol:
+        # ext_hook refuses them, except timestamps (ext -1), which msgpack decodes
+        # without asking the hook; those are looked for when their header bytes occur.
+        message = msgpack.unpackb(frame, raw=False, strict_map_key=True,
+                                  ext_hook=_refuse_ext)
+        if any(marker in frame for marker in _TIMESTAMP_HEADERS):
+            _refuse_timestamps(message)
+        return message
     except Exception as exc:  # msgpack raises ValueError subclasses, TypeError, etc.
         raise ProtocolError("malformed") from exc
 
 
+# fixext 4, fixext 8 and ext 8 (12 bytes) headers of type -1: the three timestamp forms.
+_TIMESTAMP_HEADERS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+
+
 def _refuse_ext(code: int, data: bytes) -> Any:
     raise ValueError("ext types are not part of the protocol")
+
+
+def _refuse_timestamps(value: Any) -> None:
+    if isinstance(value, msgpack.Timestamp):
+        raise ValueError("ext types are not part of the protocol")
+    if isinstance(value, dict):
+        value = value.values()
+    if isinstance(value, (list, type({}.values()))):
+        for item in value:
+            _refuse_timestamps(item)
 
 
 def request_id(message: Any) -> int | None:

@@ -33,12 +33,19 @@ RECIPIENTS_MAX = 20  # names in one group message
 HISTORY_PAGE_MAX = 200  # events in one history reply
 JOIN_HISTORY_DEFAULT = 50  # events replayed to a joiner
 ROOMS_PER_MEMBER_MAX = 50
-CLIENT_ID_MAX = 64  # bytes of the client's self-chosen id (used for resuming)
+CLIENT_ID_MAX = 64  # characters of the client's self-chosen id (recognises retries)
+PASSWORD_MIN, PASSWORD_MAX = 8, 128  # characters of a nickname's password
 FRAME_MAX = 1 << 20  # bytes of one frame; larger frames are dropped by libzmq (MAXMSGSIZE)
 CONTROL_FRAME_MAX = 64 << 10
-SUBSCRIPTION_FRAME_MAX = 256
+SUBSCRIPTION_FRAME_MAX = 4096  # also bounds CURVE handshake commands (INITIATE ~ 300 B)
 
 ANSWERS_REMEMBERED = 100_000  # replies kept to answer retried requests without redoing them
+
+# Abuse limits: each client's requests pass a token bucket (a burst, then a steady rate);
+# password checks are costly on purpose, so the whole broker does only a few a second.
+RATE_DEFAULT = 20.0  # requests a second, steady
+BURST_DEFAULT = 50  # requests at once
+PASSWORD_CHECKS_PER_SECOND = 5
 
 HEARTBEAT_INTERVAL = 1.0  # seconds between client pings
 PEER_TIMEOUT = 4.0  # a client silent this long is gone; a broker silent this long is dead
@@ -68,7 +75,10 @@ ERRORS: dict[str, str] = {
     "server_full": "Server full",
     "no_session": "Say hello first",
     "version": "Unsupported protocol version",
-    "shutting_down": "Broker is shutting down",
+    "name_reserved": "Nickname is registered",
+    "bad_password": "Bad password",
+    "credentials_needed": "Give a password",
+    "rate_limited": "Slow down",
 }
 
 
@@ -105,6 +115,10 @@ def is_room_name(value: str) -> bool:
 
 def is_text(value: str) -> bool:
     return 0 < len(value) <= TEXT_MAX
+
+
+def is_password(value: str) -> bool:
+    return PASSWORD_MIN <= len(value) <= PASSWORD_MAX
 
 
 def is_reason(value: str) -> bool:
@@ -149,6 +163,8 @@ OPT_NICK = Field("name", str, required=False, rule=is_nickname, error="bad_usern
                  doc="nickname to take first (optional)")
 ROOM = Field("room", str, rule=is_room_name, error="bad_room_name", doc="a room name")
 TEXT = Field("text", str, rule=is_text, error="bad_message", doc="1..65535 characters")
+PASSWORD = Field("password", str, required=False, rule=is_password, error="bad_password",
+                 doc=f"{PASSWORD_MIN}..{PASSWORD_MAX} characters (optional)")
 REASON = Field("reason", str, required=False, rule=is_reason, error="bad_reason",
                doc="why (optional, shown to those affected)")
 
@@ -174,7 +190,10 @@ CLIENT_REQUESTS = _kinds(
               doc="the client's stable random id"),
     ), "open a session; the reply carries the publisher address and limits"),
     Kind("ping", (), "liveness; answered with an empty ok"),
-    Kind("login", (NICK,), "take a nickname"),
+    Kind("login", (NICK, PASSWORD),
+         "take a nickname; a registered one needs its password or its key"),
+    Kind("register", (PASSWORD,),
+         "reserve your nickname to your key, or to a password if one is given"),
     Kind("logout", (), "give up the nickname and leave every room"),
     Kind("users", (), "list logged-in users"),
     Kind("rooms", (), "list rooms with their member counts"),

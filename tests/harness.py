@@ -12,11 +12,13 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,11 @@ class Broker:
     db: str
     args: list[str] = field(default_factory=list)
 
+    @property
+    def keys_dir(self) -> str | None:
+        """The broker's key directory, or None when it runs plaintext."""
+        return self.args[self.args.index("--keys") + 1] if "--keys" in self.args else None
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -118,6 +125,12 @@ def start_broker(db: str, *extra: str, router: str = "tcp://127.0.0.1:*",
                  timeout: float = 10.0) -> Broker:
     args = ["--bind", router, "--pub-bind", pub, "--control-bind", control, "--db", db,
             *extra]
+    if "--insecure" not in extra and "--keys" not in extra:
+        # Encrypted, as by default. Clients and admin tools started after this find this
+        # broker's keys through $ZCHAT_KEYS, as local users find them in data/keys.
+        keys = os.path.join(os.path.dirname(os.path.abspath(db)), "keys")
+        args += ["--keys", keys]
+        os.environ["ZCHAT_KEYS"] = keys
     proc = subprocess.Popen([sys.executable, "-m", "broker", *args], cwd=ROOT, env=_env(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -188,3 +201,56 @@ def admin(control: str, *args: str, timeout: float = 10.0) -> subprocess.Complet
 def admin_json(control: str, *args: str) -> dict[str, Any]:
     done = admin(control, "--json", *args)
     return json.loads(done.stdout)
+
+
+def free_tcp_address() -> str:
+    """A loopback address nobody listens on (bound once by the kernel, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+@contextmanager
+def silent_listener() -> Iterator[str]:
+    """A loopback TCP port that accepts connections and never says a word: a frozen
+    broker, as far as a client can tell."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """``tcp://HOST:PORT`` -> (HOST, PORT), for raw sockets."""
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    return host, int(port)
+
+
+def json_lines(lines: list[str]) -> list[dict[str, Any]]:
+    """The JSON events among output lines (other lines are skipped)."""
+    out = []
+    for line in lines:
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(ev, dict):
+            out.append(ev)
+    return out
+
+
+def raw_socket(ctx: Any, kind: int, broker: Broker, address: str | None = None) -> Any:
+    """A bare pyzmq socket connected to one of the broker's addresses (the router by
+    default) as any stranger could make it: CURVE with a fresh key and the broker's
+    public key when the broker is encrypted. For playing protocol games and attacks."""
+    import zmq
+
+    from schema import keys
+
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    keys_dir = broker.keys_dir
+    if keys_dir is not None:
+        keys.curve_client(sock, keys.load(Path(keys_dir) / "broker.key").public)
+    sock.connect(address or broker.router)
+    return sock

@@ -18,13 +18,22 @@ import zmq
 
 from schema import pack, unpack
 
-from .harness import Broker, Client, start_broker
+from .harness import Broker, Client, raw_socket, start_broker
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """These tests blast messages to test loss, not abuse: no rate limit here."""
+    b = start_broker(str(tmp_path / "zchat.db"), "--rate", "0")
+    yield b
+    b.stop()
 
 
 def restart(broker: Broker, sig: int = signal.SIGKILL) -> Broker:
     """Stop the broker with ``sig`` and start it again on the same addresses and store."""
     broker.stop(sig)
-    return start_broker(broker.db, router=broker.router, pub=broker.pub,
+    extra = broker.args[broker.args.index("--db") + 2:]
+    return start_broker(broker.db, *extra, router=broker.router, pub=broker.pub,
                         control=broker.control)
 
 
@@ -206,16 +215,12 @@ def test_thousands_of_connect_disconnect_cycles_do_not_freeze_the_broker(broker)
     ctx = zmq.Context()
     try:
         for _ in range(300):  # sessions that say hello, are answered, and vanish
-            s = ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 0)
-            s.connect(broker.router)
+            s = raw_socket(ctx, zmq.DEALER, broker)
             s.send(pack({"id": 1, "cmd": "hello", "version": 1}))
             assert s.poll(5000), "the broker stopped answering"
             s.recv()
             s.close()
-        probe = ctx.socket(zmq.DEALER)
-        probe.setsockopt(zmq.LINGER, 0)
-        probe.connect(broker.router)
+        probe = raw_socket(ctx, zmq.DEALER, broker)
         probe.send(pack({"id": 7, "cmd": "hello", "version": 1}))
         assert probe.poll(5000), "the broker stopped answering"
         assert unpack(probe.recv())["ok"] is True

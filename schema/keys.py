@@ -1,0 +1,125 @@
+"""Where the CURVE keys live, shared by broker, client and admin tool.
+
+Layout of a key directory (default ``data/keys`` beside the default store, or
+``$ZCHAT_KEYS``), in pyzmq's certificate format (``zmq.auth``):
+
+    broker.key         the broker's public key: give it to remote clients
+    broker.key_secret  the broker's secret key: never leaves the broker's machine
+    admin.key          an operator's public key (the control socket admits only these...)
+    admin.key_secret   ...and the admin tool signs in with this one
+    admins/*.key       further operators' public keys
+
+The broker creates what is missing at its first start, so one machine needs no setup;
+``python -m admin keygen`` does the same ahead of time, and makes client key pairs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.auth
+import zmq.utils.monitor
+
+DEFAULT_DIR = os.path.join("data", "keys")
+
+
+def key_dir(explicit: str | None = None) -> Path:
+    return Path(explicit or os.environ.get("ZCHAT_KEYS") or DEFAULT_DIR)
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    public: bytes  # z85, 40 bytes
+    secret: bytes | None  # z85, or None when only the public half is known
+
+
+def _create(directory: Path, name: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    zmq.auth.create_certificates(str(directory), name)
+    os.chmod(directory / f"{name}.key_secret", 0o600)
+
+
+def ensure(directory: Path) -> list[str]:
+    """Create the broker's and the first operator's key pairs if missing; say which."""
+    made = []
+    for name in ("broker", "admin"):
+        if not (directory / f"{name}.key_secret").exists():
+            _create(directory, name)
+            made.append(name)
+    return made
+
+
+def load(path: Path) -> KeyPair:
+    """A key pair (``NAME.key_secret``) or public key (``NAME.key``) file."""
+    public, secret = zmq.auth.load_certificate(str(path))
+    return KeyPair(public, secret)
+
+
+def public_key(value: str) -> bytes:
+    """A broker key given on the command line: a z85 string or a key file's path."""
+    if len(value) == 40 and not os.path.exists(value):
+        return value.encode()
+    return load(Path(value)).public
+
+
+def operator_keys(directory: Path) -> set[bytes]:
+    """Public keys admitted on the control socket."""
+    keys = set()
+    for path in [directory / "admin.key", *sorted((directory / "admins").glob("*.key"))]:
+        if path.exists():
+            keys.add(load(path).public)
+    return keys
+
+
+def new_pair(directory: Path, name: str) -> Path:
+    """A fresh key pair NAME in directory (for a client identity); the secret file."""
+    _create(directory, name)
+    return directory / f"{name}.key_secret"
+
+
+def curve_client(sock: zmq.Socket, server_public: bytes, pair: KeyPair | None = None) -> None:
+    """Make ``sock`` a CURVE client of a server with this public key."""
+    if pair is None or pair.secret is None:
+        public, secret = zmq.curve_keypair()
+        pair = KeyPair(public, secret)
+    sock.setsockopt(zmq.CURVE_SERVERKEY, server_public)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, pair.public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, pair.secret)
+
+
+class HandshakeRefused(Exception):
+    """The secure handshake failed: our key was refused, or the broker key is wrong."""
+
+
+@contextmanager
+def handshake_watch(sock: zmq.Socket) -> Iterator[zmq.Socket]:
+    """A monitor on ``sock`` reporting failed handshakes (see ``handshake_failure``).
+
+    A monitor left unread can freeze the whole context, so it is drained, disabled and
+    closed when the block ends, whatever happens in it.
+    """
+    monitor = sock.get_monitor_socket(
+        zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+    try:
+        yield monitor
+    finally:
+        sock.disable_monitor()
+        while monitor.poll(0):
+            monitor.recv_multipart()
+        monitor.close(0)
+
+
+def handshake_failure(monitor: zmq.Socket, address: str) -> HandshakeRefused:
+    """Read the monitor's event and say what went wrong, in words."""
+    event = zmq.utils.monitor.recv_monitor_message(monitor)["event"]
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return HandshakeRefused(f"The broker at {address} refused our key")
+    return HandshakeRefused(f"Secure handshake with {address} failed: "
+                            "is this the broker's right public key?")

@@ -1,0 +1,257 @@
+"""SqliteStore: rooms, their event streams, paging, and what survives a restart."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker.store import SqliteStore, StoredRoom
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def event(room: str, seq: int, **fields) -> dict:
+    return {"ev": "msg", "room": room, "seq": seq, "from": "alice", "text": f"m{seq}",
+            **fields}
+
+
+@pytest.fixture
+def store():
+    s = SqliteStore(":memory:")
+    yield s
+    s.close()
+
+
+def fill(store: SqliteStore, room: str, last: int) -> None:
+    store.add_room(room, 1.0, "alice")
+    for seq in range(1, last + 1):
+        store.append(room, seq, event(room, seq))
+
+
+def seqs(events: list[dict]) -> list[int]:
+    return [e["seq"] for e in events]
+
+
+# --- rooms -----------------------------------------------------------------------------------
+
+
+def test_a_new_store_has_no_rooms(store):
+    assert store.rooms() == []
+
+
+def test_an_added_room_is_listed_with_last_seq_zero(store):
+    store.add_room("lounge", 12.5, "alice")
+    assert store.rooms() == [StoredRoom("lounge", 12.5, "alice", 0)]
+
+
+def test_rooms_are_listed_in_order_of_creation(store):
+    store.add_room("zeta", 3.0, "a")
+    store.add_room("alpha", 5.0, "b")
+    store.add_room("mid", 1.0, "c")
+    assert [r.name for r in store.rooms()] == ["mid", "zeta", "alpha"]
+
+
+def test_a_rooms_last_seq_is_its_highest_event(store):
+    fill(store, "lounge", 7)
+    fill(store, "den", 2)
+    assert {r.name: r.last_seq for r in store.rooms()} == {"lounge": 7, "den": 2}
+
+
+def test_a_room_name_is_added_once(store):
+    store.add_room("lounge", 1.0, "alice")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.add_room("lounge", 2.0, "bob")
+
+
+def test_drop_room_removes_the_room_and_its_events_only(store):
+    fill(store, "lounge", 3)
+    fill(store, "den", 2)
+    store.drop_room("lounge")
+    assert [r.name for r in store.rooms()] == ["den"]
+    assert store.events("lounge", limit=50) == []
+    assert seqs(store.events("den", limit=50)) == [1, 2]
+
+
+def test_a_dropped_room_can_be_created_afresh(store):
+    fill(store, "lounge", 3)
+    store.drop_room("lounge")
+    fill(store, "lounge", 1)
+    assert store.rooms()[0].last_seq == 1
+    assert seqs(store.events("lounge", limit=50)) == [1]
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+def test_events_come_back_as_they_were_appended(store):
+    store.add_room("lounge", 1.0, "alice")
+    body = {"ev": "msg", "room": "lounge", "seq": 1, "from": "zoë", "text": "héllo 😀",
+            "ts": 1234.5, "me": True, "to": ["a", "b"], "nested": {"k": [1, None]}}
+    store.append("lounge", 1, body)
+    assert store.events("lounge", limit=1) == [body]
+
+
+def test_events_are_in_seq_order_whatever_the_order_of_appending(store):
+    store.add_room("lounge", 1.0, "alice")
+    for seq in (3, 1, 2):
+        store.append("lounge", seq, event("lounge", seq))
+    assert seqs(store.events("lounge", limit=50)) == [1, 2, 3]
+    assert seqs(store.events("lounge", after=0, limit=50)) == [1, 2, 3]
+
+
+def test_events_are_kept_per_room(store):
+    fill(store, "lounge", 3)
+    fill(store, "den", 2)
+    assert {e["room"] for e in store.events("den", limit=50)} == {"den"}
+    assert store.events("nowhere", limit=50) == []
+
+
+def test_a_seq_is_written_once_per_room(store):
+    fill(store, "lounge", 2)
+    with pytest.raises(sqlite3.IntegrityError):
+        store.append("lounge", 2, event("lounge", 2))
+    store.add_room("den", 2.0, "bob")
+    store.append("den", 2, event("den", 2))  # the same seq in another room is fine
+
+
+@pytest.mark.parametrize(("bounds", "expected"), [
+    ({"limit": 50}, list(range(1, 11))),
+    ({"limit": 3}, [8, 9, 10]),  # the newest page
+    ({"before": 5, "limit": 2}, [3, 4]),  # scrolling back: the newest below before
+    ({"before": 5, "limit": 50}, [1, 2, 3, 4]),
+    ({"before": 1, "limit": 50}, []),
+    ({"after": 5, "limit": 2}, [6, 7]),  # catching up: the oldest above after
+    ({"after": 5, "limit": 50}, [6, 7, 8, 9, 10]),
+    ({"after": 10, "limit": 50}, []),
+    ({"after": 2, "before": 6, "limit": 50}, [3, 4, 5]),
+    ({"after": 2, "before": 6, "limit": 2}, [3, 4]),
+    ({"after": 6, "before": 6, "limit": 50}, []),
+    ({"before": (1 << 63) - 1, "limit": 2}, [9, 10]),
+    ({"after": 0, "before": (1 << 63) - 1, "limit": 50}, list(range(1, 11))),
+])
+def test_paging(store, bounds, expected):
+    fill(store, "lounge", 10)
+    assert seqs(store.events("lounge", **bounds)) == expected
+
+
+def test_paging_backwards_from_the_oldest_shown_walks_the_whole_history(store):
+    fill(store, "lounge", 10)
+    shown: list[int] = []
+    page = store.events("lounge", limit=3)
+    while page:
+        shown = seqs(page) + shown
+        page = store.events("lounge", before=page[0]["seq"], limit=3)
+    assert shown == list(range(1, 11))
+
+
+def test_a_store_reads_its_own_uncommitted_writes(store):
+    fill(store, "lounge", 2)  # no commit: the chat reads history within a turn
+    assert seqs(store.events("lounge", limit=50)) == [1, 2]
+    assert store.rooms()[0].last_seq == 2
+
+
+# --- durability ------------------------------------------------------------------------------
+
+
+def test_committed_rooms_and_events_survive_close_and_reopen(tmp_path):
+    path = str(tmp_path / "z.db")
+    s = SqliteStore(path)
+    fill(s, "lounge", 3)
+    s.commit()
+    s.close()
+    reopened = SqliteStore(path)
+    try:
+        assert reopened.rooms() == [StoredRoom("lounge", 1.0, "alice", 3)]
+        assert reopened.events("lounge", limit=50) == [event("lounge", n) for n in (1, 2, 3)]
+    finally:
+        reopened.close()
+
+
+def test_close_commits_what_was_written(tmp_path):
+    path = str(tmp_path / "z.db")
+    s = SqliteStore(path)
+    fill(s, "lounge", 2)
+    s.close()  # no explicit commit
+    reopened = SqliteStore(path)
+    try:
+        assert seqs(reopened.events("lounge", limit=50)) == [1, 2]
+    finally:
+        reopened.close()
+
+
+def test_uncommitted_writes_are_invisible_to_another_reader_until_commit(tmp_path):
+    path = str(tmp_path / "z.db")
+    writer = SqliteStore(path)
+    fill(writer, "lounge", 1)
+    writer.commit()
+    writer.append("lounge", 2, event("lounge", 2))
+    reader = sqlite3.connect(path)
+    try:
+        count = "SELECT COUNT(*) FROM events"
+        assert reader.execute(count).fetchone() == (1,)
+        writer.commit()
+        assert reader.execute(count).fetchone() == (2,)
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_commit_without_writes_is_harmless(store):
+    store.commit()
+    store.commit()
+    fill(store, "lounge", 1)
+    store.commit()
+    assert seqs(store.events("lounge", limit=50)) == [1]
+
+
+def test_a_writer_killed_before_commit_loses_only_the_uncommitted_turn(tmp_path):
+    path = tmp_path / "z.db"
+    script = (
+        "import os, sys\n"
+        "from broker.store import SqliteStore\n"
+        "s = SqliteStore(sys.argv[1])\n"
+        "s.add_room('lounge', 1.0, 'alice')\n"
+        "s.append('lounge', 1, {'seq': 1})\n"
+        "s.commit()\n"
+        "s.append('lounge', 2, {'seq': 2})\n"
+        "os._exit(0)  # like kill -9: no close, no commit\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(path)], cwd=ROOT, check=True,
+                   timeout=30)
+    s = SqliteStore(str(path))
+    try:
+        assert s.rooms() == [StoredRoom("lounge", 1.0, "alice", 1)]
+        assert s.events("lounge", limit=50) == [{"seq": 1}]
+    finally:
+        s.close()
+
+
+# --- retries: a message is recognised by its origin ------------------------------------------
+
+
+def test_seq_of_finds_the_event_an_origin_made_in_that_room(store):
+    store.add_room("lounge", 1.0, "alice")
+    store.add_room("den", 1.0, "alice")
+    store.append("lounge", 1, event("lounge", 1))
+    store.append("lounge", 2, event("lounge", 2), "cafe:7")
+    store.append("den", 1, event("den", 1), "cafe:8")
+    assert store.seq_of("lounge", "cafe:7") == 2
+    assert store.seq_of("den", "cafe:7") is None
+    assert store.seq_of("lounge", "cafe:9") is None
+
+
+def test_seq_of_survives_a_reopen(tmp_path):
+    path = str(tmp_path / "z.db")
+    s = SqliteStore(path)
+    s.add_room("lounge", 1.0, "alice")
+    s.append("lounge", 1, event("lounge", 1), "cafe:7")
+    s.close()
+    reopened = SqliteStore(path)
+    try:
+        assert reopened.seq_of("lounge", "cafe:7") == 1
+    finally:
+        reopened.close()
