@@ -148,21 +148,13 @@ class Chat:
         """Carry out one validated client request; return what must be delivered.
 
         ``identity`` is the CURVE key the request was authenticated with (None in
-        plaintext mode). A session belongs to the key that opened it: a request from the
-        same routing id under another key is treated as coming from a stranger.
+        plaintext mode).
         """
         self._out = out = []
-        session = self.sessions.get(peer)
-        if session is not None and session.identity != identity:
-            if request.cmd != "hello":
-                return [Send(peer, error(request.id, ProtocolError("no_session")))]
-            self._end_session(session, "replaced")
-            session = None
-        if session is not None:
-            session.last_seen = self.clock()
-            if request.cmd != "ping" and not self._within_rate(session):
-                return [Send(peer, error(request.id, ProtocolError(
-                    "rate_limited", f"Slow down: at most {self.rate:g} requests a second")))]
+        try:
+            session = self._admit(peer, request, identity)
+        except ProtocolError as err:
+            return out + [Send(peer, error(request.id, err))]
         key = (session.client_id, request.id) if session and session.client_id else None
         if key and request.retry:
             answer = self._answer_again(key, request)
@@ -170,14 +162,13 @@ class Chat:
                 return [Send(peer, answer)]
         self._origin = f"{key[0]}:{key[1]}" if key else None
         try:
-            if request.cmd == "hello":
-                reply = ok(request.id,
-                           **self._hello(peer, session, identity, **request.args))
-            elif session is None:
-                raise ProtocolError("no_session")
+            if session is None:
+                result = self._hello(peer, None, identity, **request.args)
+            elif request.cmd == "hello":
+                result = self._hello(peer, session, identity, **request.args)
             else:
-                reply = ok(request.id,
-                           **getattr(self, "_" + request.cmd)(session, **request.args))
+                result = getattr(self, "_" + request.cmd)(session, **request.args)
+            reply = ok(request.id, **result)
         except ProtocolError as err:
             reply = error(request.id, err)
         if key and request.cmd in _REMEMBERED:
@@ -186,6 +177,29 @@ class Chat:
                 self._answers.popitem(last=False)
         out.insert(0, Send(peer, reply))
         return out
+
+    def _admit(self, peer: bytes, request: Request, identity: str | None) -> Session | None:
+        """The session a request belongs to; None for a hello that will open one.
+
+        A session belongs to the key that opened it: the same routing id under another
+        key is a stranger. Every admitted request proves its client alive and spends one
+        token of its rate limit (pings excepted).
+        """
+        session = self.sessions.get(peer)
+        if session is not None and session.identity != identity:
+            if request.cmd != "hello":
+                raise ProtocolError("no_session")
+            self._end_session(session, "replaced")
+            session = None
+        if session is None:
+            if request.cmd != "hello":
+                raise ProtocolError("no_session")
+            return None
+        session.last_seen = self.clock()
+        if request.cmd != "ping" and not self._within_rate(session):
+            raise ProtocolError("rate_limited",
+                                f"Slow down: at most {self.rate:g} requests a second")
+        return session
 
     def _answer_again(self, key: tuple[str, int], request: Request) -> dict[str, Any] | None:
         """The reply already given to a retried request, so it is not carried out twice.
