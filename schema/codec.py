@@ -44,7 +44,7 @@ def unpack(frame: bytes) -> Any:
         # without asking the hook; those are looked for when their header bytes occur.
         message = msgpack.unpackb(frame, raw=False, strict_map_key=True,
                                   ext_hook=_refuse_ext)
-        if any(marker in frame for marker in _TIMESTAMP_HEADERS):
+        if b"\xff" in frame and any(marker in frame for marker in _TIMESTAMP_HEADERS):
             _refuse_timestamps(message)
         return message
     except Exception as exc:  # msgpack raises ValueError subclasses, TypeError, etc.

@@ -96,11 +96,16 @@ class ProtocolError(Exception):
 
 
 def _is_name(value: str, limit: int) -> bool:
-    """Printable, no white space, no comma (lists of names use commas), bounded."""
+    """Printable, no white space, no comma (lists of names use commas), bounded.
+
+    ``isprintable`` already refuses every white space but the ASCII space (Unicode
+    separators and controls are not printable), so only " " is left to look for.
+    """
     return (
         0 < len(value) <= limit
         and value.isprintable()
-        and not any(ch.isspace() or ch == "," for ch in value)
+        and " " not in value
+        and "," not in value
         and not value.startswith(("/", "#!"))
     )
 
