@@ -119,9 +119,9 @@ class SqliteStore:
 
     def _flush(self) -> None:
         if self._rows:
+            rows, self._rows = self._rows, []
             self._begin()
-            self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", self._rows)
-            self._rows.clear()
+            self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows)
 
     def seq_of(self, room: str, origin: str) -> int | None:
         """The seq of the event this origin (client id:request id) already made, if any."""
