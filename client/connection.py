@@ -108,7 +108,6 @@ class Connection:
         # Reconnect by ourselves, backing off from 0.1 s to 2 s between attempts.
         self.dealer.setsockopt(zmq.RECONNECT_IVL, 100)
         self.dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        self.dealer.connect(server)
         self.name: str | None = None
         self.current: str | None = None
         self.rooms: dict[str, RoomView] = {}
@@ -133,6 +132,7 @@ class Connection:
         """Open the session; raise Unreachable if no broker answers within ``timeout``,
         Refused if it says no (full, wrong version) or refuses our key."""
         with keys.handshake_watch(self.dealer) as monitor:
+            self.dealer.connect(self.server)  # watched from the first attempt on
             try:
                 return self._await_hello(timeout, monitor)
             except keys.HandshakeRefused as exc:
