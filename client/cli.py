@@ -1,6 +1,8 @@
 """``python -m client``: chat from a terminal, or drive the chat from a script.
 
-* stdin a terminal: interactive; incoming messages appear above the line being typed.
+* stdin a terminal: the line mode of ``terminal``: incoming messages appear above the line
+  being typed, a toolbar shows who and where you are, Tab completes.
+* ``--tui``: the full-screen mode of ``tui``: rooms, messages and members side by side.
 * stdin not a terminal: one command per input line, one output line per event, flushed.
 * ``--json``: every event as one JSON object per line, for bots and tests.
 """
@@ -9,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", help="log in with this nickname at once")
     p.add_argument("--json", action="store_true",
                    help="print every event as one JSON object per line")
+    p.add_argument("--tui", action="store_true",
+                   help="full-screen mode: rooms, messages and members side by side")
     p.add_argument("--server-key", metavar="KEY|FILE",
                    help="the broker's public key (z85, or its broker.key file); by default "
                         "read from the key directory, as on the broker's own machine")
@@ -71,6 +73,9 @@ def _credentials(args: argparse.Namespace) -> tuple[bytes | None, keys.KeyPair |
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.tui and (args.json or not (sys.stdin.isatty() and sys.stdout.isatty())):
+        print("Error: --tui needs a terminal (and no --json)", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
     show = _line_printer(args.json)
     try:
         server_key, identity = _credentials(args)
@@ -92,52 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         conn.request("login", name=args.name)
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not args.json
     try:
+        if args.tui:
+            from . import tui
+            return tui.run(conn, args.server)
         if interactive:
-            return _interactive(conn, args.server)
+            from . import terminal
+            return terminal.run(conn, args.server)
         show(Event("info", {"text": f"Connected to {args.server}"})) if not args.json else None
         return Runner(conn, show, sys.stdin.fileno()).run()
     finally:
         conn.close()
 
-
-def _interactive(conn: Connection, server: str) -> int:
-    """A prompt at the bottom; the network loop runs beside it and prints above it."""
-    from prompt_toolkit import PromptSession
-    from prompt_toolkit.patch_stdout import patch_stdout
-
-    session: PromptSession[str] = PromptSession()
-    read_end, write_end = os.pipe()
-    outcome: dict[str, int] = {}
-
-    def show(event: Event) -> None:
-        for line in render(event):
-            print(line)
-        if session.app.is_running:
-            session.app.invalidate()  # the prompt shows the current room
-
-    def network() -> None:
-        outcome["code"] = Runner(conn, show, read_end).run()
-        app = session.app
-        if app.is_running and app.loop is not None:
-            app.loop.call_soon_threadsafe(lambda: app.exit(exception=EOFError()))
-
-    def prompt() -> str:
-        return f"[{conn.current}] " if conn.current else f"{conn.name or 'lobby'}> "
-
-    print(f"Connected to {server}. Type /help for commands.")
-    thread = threading.Thread(target=network, name="zchat-network", daemon=True)
-    thread.start()
-    with patch_stdout(raw=True):
-        while thread.is_alive():
-            try:
-                line = session.prompt(prompt)
-            except (EOFError, KeyboardInterrupt):
-                line = "/quit"
-            if thread.is_alive():
-                os.write(write_end, line.encode() + b"\n")
-            if line.strip() in ("/quit", "/exit") or (not conn.current and line.strip()
-                                                      in ("quit", "exit")):
-                break
-    thread.join(timeout=3)
-    os.close(write_end)
-    return outcome.get("code", 0)

@@ -1,0 +1,324 @@
+"""The terminal UIs' own logic, without a terminal: colours, timestamps, the toolbar, Tab,
+what the UI learns from events, and the lag probe."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from client.connection import Event
+from client.render import render
+from client.terminal import (
+    PALETTE,
+    ChatState,
+    LagProbe,
+    Status,
+    completions,
+    nick_colour,
+    plain,
+    status_fragments,
+    styled,
+    timestamp,
+    to_ansi,
+)
+
+TS = 1_700_000_000.0
+HHMM = time.strftime("[%H:%M]", time.localtime(TS))
+OUR_SGR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def msg(text: str = "hi", who: str = "bob", room: str = "lounge", **extra: Any) -> Event:
+    return Event("msg", {"room": room, "seq": 1, "from": who, "text": text, "ts": TS, **extra})
+
+
+# --- colours and timestamps ------------------------------------------------------------------
+
+
+def test_a_nickname_has_the_same_colour_every_time_and_everywhere():
+    assert nick_colour("alice") == nick_colour("alice") == "bright_green"  # crc32, not hash
+    assert nick_colour("bob") == "cyan"
+
+
+def test_nicknames_spread_over_the_palette_which_has_no_red():
+    colours = {nick_colour(f"user{i}") for i in range(200)}
+    assert colours == set(PALETTE)
+    assert "red" not in PALETTE  # red means an error
+
+
+def test_timestamps_are_local_hours_and_minutes_of_the_event():
+    assert timestamp(TS) == HHMM
+    assert timestamp(None, now=lambda: TS) == HHMM  # our own lines: now
+    assert timestamp("soon", now=lambda: TS) == HHMM
+
+
+# --- styled lines ----------------------------------------------------------------------------
+
+
+def test_a_message_line_is_render_s_line_with_a_timestamp_and_a_coloured_nickname():
+    [line] = styled(msg())
+    assert plain(line) == f"{HHMM} " + render(msg())[0]
+    assert ("cyan", "bob") in line
+    assert line[0] == ("time", f"{HHMM} ")
+
+
+def test_our_own_nickname_is_bold():
+    [line] = styled(msg(who="alice"), me="alice")
+    assert ("self bright_green", "alice") in line
+
+
+def test_an_action_colours_the_actor():
+    [line] = styled(msg("waves", me=True))
+    assert plain(line).endswith("[lounge] * bob waves")
+    assert ("cyan", "bob") in line
+
+
+def test_the_nickname_coloured_is_the_speaker_not_a_mention_in_the_text():
+    [line] = styled(msg("bob: said bob", who="bob"))
+    spans = [t for s, t in line if s == "cyan"]
+    assert spans == ["bob"]
+    assert plain(line).endswith("[lounge] bob: bob: said bob")
+
+
+def test_joins_and_leaves_are_dim_with_the_name_coloured():
+    [line] = styled(Event("leave", {"room": "lounge", "seq": 2, "name": "bob", "ts": TS,
+                                    "reason": "timed out"}))
+    assert plain(line) == f"{HHMM} [lounge] bob left (timed out)"
+    assert ("cyan", "bob") in line and ("dim", " left (timed out)") in line
+
+
+def test_the_room_prefix_is_left_out_in_that_room_s_own_pane():
+    [line] = styled(msg(), room_shown="lounge")
+    assert plain(line) == f"{HHMM} bob: hi"
+    [other] = styled(msg(), room_shown="dev")
+    assert plain(other) == f"{HHMM} [lounge] bob: hi"
+
+
+def test_older_messages_keep_their_own_times():
+    old = TS - 3 * 3600
+    event = Event("history", {"room": "lounge", "events": [
+        {"kind": "msg", "room": "lounge", "seq": 1, "from": "bob", "text": "early", "ts": old}]})
+    header, body, footer = styled(event, now=lambda: TS)
+    assert plain(body) == time.strftime("[%H:%M]", time.localtime(old)) + \
+        " [lounge] bob: early"
+    assert plain(header).endswith("--- older messages of lounge ---")
+    assert ("cyan", "bob") in body
+
+
+def test_errors_are_red():
+    [line] = styled(Event("error", {"cmd": "join", "code": "x", "text": "No such room"}))
+    assert ("error", "No such room") in line
+    assert "\x1b[31mNo such room\x1b[0m" in to_ansi(line)
+
+
+def test_without_colour_a_line_is_plain_text():
+    [line] = styled(msg())
+    assert to_ansi(line, colour=False) == plain(line)
+
+
+@given(st.text(min_size=1, max_size=30), st.text(max_size=60), st.text(max_size=30))
+def test_nothing_another_user_chose_reaches_the_terminal_as_a_control(who, text, room):
+    for event in (msg(text, who=who, room=room), msg(text, who=who, me=True),
+                  Event("join", {"room": room, "seq": 1, "name": who, "ts": TS}),
+                  Event("dm", {"from": who, "to": [who, "x"], "text": text, "ts": TS})):
+        for line in styled(event, me=who, room_shown=room):
+            shown = OUR_SGR.sub("", to_ansi(line))
+            assert shown.isprintable(), shown
+
+
+# --- what the UI learns from events ----------------------------------------------------------
+
+
+def reply(cmd: str, **data: Any) -> Event:
+    return Event("reply", {"cmd": cmd, **data})
+
+
+def test_members_come_from_the_join_reply_then_follow_joins_and_leaves():
+    s = ChatState()
+    s.observe(reply("join", room="lounge", name="alice", members=["alice", "bob"]),
+              "lounge", ["lounge"])
+    s.observe(Event("join", {"room": "lounge", "name": "carol"}), "lounge", ["lounge"])
+    s.observe(Event("leave", {"room": "lounge", "name": "bob"}), "lounge", ["lounge"])
+    assert s.members_of("lounge") == ["alice", "carol"]
+
+
+def test_history_replayed_on_join_does_not_change_the_members():
+    s = ChatState()
+    s.observe(reply("join", room="lounge", members=["alice"]), "lounge", ["lounge"])
+    s.observe(Event("join", {"room": "lounge", "name": "ghost", "replay": True}),
+              "lounge", ["lounge"])
+    s.observe(Event("leave", {"room": "lounge", "name": "alice", "replay": True}),
+              "lounge", ["lounge"])
+    assert s.members_of("lounge") == ["alice"]
+
+
+def test_who_refreshes_members_and_leaving_forgets_them():
+    s = ChatState()
+    s.observe(reply("join", room="lounge", members=["alice"]), "lounge", ["lounge"])
+    s.observe(reply("who", room="lounge", members=["alice", "dave"]), "lounge", ["lounge"])
+    assert s.members_of("lounge") == ["alice", "dave"]
+    s.observe(reply("leave", room="lounge"), None, [])
+    assert s.members_of("lounge") == []
+
+
+def test_unread_counts_messages_in_rooms_other_than_the_current_one():
+    s = ChatState()
+    rooms = ["lounge", "dev"]
+    s.observe(msg(room="lounge"), "dev", rooms)
+    s.observe(msg(room="lounge"), "dev", rooms)
+    s.observe(msg(room="dev"), "dev", rooms)
+    s.observe(msg(room="lounge", replay=True), "dev", rooms)
+    assert s.unread_counts() == {"lounge": 2}
+    s.observe(reply("join", room="lounge", members=["alice"]), "lounge", rooms)
+    assert s.unread_counts() == {}
+
+
+def test_names_seen_feed_completion_but_only_valid_ones():
+    s = ChatState()
+    s.observe(reply("rooms", rooms=[{"room": "dev", "count": 1}, {"room": "bad name"}]),
+              None, [])
+    s.observe(reply("users", users=["bob", "carol", "\x1b[2J"]), None, [])
+    s.observe(Event("dm", {"from": "dave", "to": ["alice"], "text": "hi"}), None, [])
+    rooms, nicks, members = s.names(None)
+    assert rooms == ["dev"]
+    assert nicks == ["alice", "bob", "carol", "dave"]
+    assert members == []
+
+
+# --- the toolbar -----------------------------------------------------------------------------
+
+
+def toolbar(**kw: Any) -> str:
+    base = dict(name="alice", current="dev", rooms=("lounge", "dev"), unread={"lounge": 3},
+                link="connected", lag=0.0021)
+    return plain(status_fragments(Status(**{**base, **kw})))
+
+
+def test_the_toolbar_shows_nickname_room_unread_counts_state_and_lag():
+    assert toolbar() == " alice │ dev │ rooms: lounge(3) dev │ connected · lag 2 ms "
+
+
+def test_the_toolbar_before_login_and_outside_rooms():
+    assert toolbar(name=None, current=None, rooms=(), unread={}, lag=None) == \
+        " (no nickname) │ lobby │ connected "
+
+
+def test_the_toolbar_says_when_the_broker_is_away_and_hides_a_stale_lag():
+    assert toolbar(link="reconnecting").endswith("│ reconnecting ")
+    assert toolbar(link="lost").endswith("│ lost ")
+    assert "lag 1.5 s" in toolbar(lag=1.5)
+
+
+def test_the_toolbar_cleans_names():
+    assert "^[[2J" in toolbar(name="\x1b[2J")
+
+
+# --- Tab -------------------------------------------------------------------------------------
+
+
+def tab(before: str, current: str | None = "lounge", me: str = "alice") -> list[str]:
+    start, found = completions(before, current, rooms=["lounge", "dev", "dungeon"],
+                               nicks=["alice", "bob", "Bea", "carol"], members=["carol"],
+                               me=me)
+    return [before[:start] + c.text for c in found]
+
+
+def test_tab_completes_command_names_with_their_aliases():
+    assert tab("/jo") == ["/join "]
+    assert tab("/h") == ["/history ", "/help "]
+    assert tab("/qu") == ["/quit"]  # nothing follows: no space
+    assert tab("/ex") == ["/exit"]
+
+
+def test_in_the_lobby_commands_complete_without_the_slash():
+    assert tab("jo", current=None) == ["join "]
+    assert tab("/jo", current=None) == ["/join "]
+
+
+def test_tab_completes_rooms_where_a_command_takes_a_room():
+    assert tab("/join d") == ["/join dev", "/join dungeon"]
+    assert tab("/leave lo") == ["/leave lounge"]
+    assert tab("join lo", current=None) == ["join lounge"]
+
+
+def test_tab_completes_nicknames_where_a_command_takes_a_name():
+    assert tab("/whisper b") == ["/whisper Bea", "/whisper bob"]
+    assert tab("/msg bob,c") == ["/msg bob,carol"]
+
+
+def test_tab_completes_the_command_help_explains():
+    assert tab("/help wh") == ["/help who", "/help whisper"]  # in the table's order
+
+
+def test_in_a_chat_line_tab_completes_nicknames_members_first_and_never_me():
+    assert tab("c") == ["carol: "]
+    assert tab("a") == []  # alice is me
+    assert tab("hi b") == ["hi Bea", "hi bob"]
+    assert tab("") == ["carol: ", "Bea: ", "bob: "]
+
+
+def test_nothing_to_complete_after_a_free_text_argument():
+    assert tab("/broadcast hello th") == []
+    assert tab("//jo") == []  # a chat line starting with a slash
+
+
+# --- lag -------------------------------------------------------------------------------------
+
+
+class FakeConnection:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.requests: list[tuple[str, str]] = []
+        self.lost = self.closed = self.resuming = False
+        self.name = "alice"
+
+    def pump(self) -> list[Event]:
+        out, self.events = self.events, []
+        return out
+
+    def request(self, cmd: str, purpose: str = "user", **fields: Any) -> int:
+        self.requests.append((cmd, purpose))
+        return len(self.requests)
+
+
+def test_the_probe_pings_times_the_answer_and_hides_it():
+    conn, now = FakeConnection(), [100.0]
+    probe = LagProbe(conn, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert probe.pump() == [] and conn.requests == [("ping", "lag")]
+    now[0] += 0.004
+    other = msg()
+    conn.events = [reply("ping"), other]
+    assert probe.pump() == [other]
+    assert probe.current_lag() == 0.004 or abs(probe.current_lag() - 0.004) < 1e-9
+    assert probe.name == "alice"  # everything else is the connection's
+    probe.pump()
+    assert len(conn.requests) == 1  # the next one after INTERVAL
+    now[0] += LagProbe.INTERVAL
+    probe.pump()
+    assert len(conn.requests) == 2
+
+
+def test_an_unanswered_probe_shows_a_growing_lag_then_is_given_up():
+    conn, now = FakeConnection(), [100.0]
+    probe = LagProbe(conn, clock=lambda: now[0])  # type: ignore[arg-type]
+    probe.pump()
+    conn.events = [reply("ping")]
+    now[0] += 0.01
+    probe.pump()
+    now[0] += LagProbe.INTERVAL
+    probe.pump()  # a second probe, never answered
+    now[0] += 3
+    assert abs(probe.current_lag() - 3) < 1e-9  # type: ignore[operator]
+    now[0] += LagProbe.GIVE_UP
+    probe.pump()
+    assert len(conn.requests) == 3
+
+
+def test_no_probe_while_the_broker_is_lost():
+    conn = FakeConnection()
+    conn.lost = True
+    LagProbe(conn).pump()  # type: ignore[arg-type]
+    assert conn.requests == []
