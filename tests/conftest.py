@@ -7,10 +7,17 @@ import pytest
 from .harness import Broker, Client, start_broker
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "broker_args(*args): extra command-line arguments for the broker fixture")
+
+
 @pytest.fixture
-def broker(tmp_path) -> Iterator[Broker]:
-    """A real broker process on free loopback ports with its own SQLite file."""
-    b = start_broker(str(tmp_path / "zchat.db"))
+def broker(tmp_path, request: pytest.FixtureRequest) -> Iterator[Broker]:
+    """A real broker process on free loopback ports with its own SQLite file.
+    ``@pytest.mark.broker_args("--rate", "0")`` passes extra arguments to it."""
+    marker = request.node.get_closest_marker("broker_args")
+    b = start_broker(str(tmp_path / "zchat.db"), *(marker.args if marker else ()))
     yield b
     b.stop()
 
@@ -28,3 +35,18 @@ def clients(broker: Broker) -> Iterator[Callable[..., Client]]:
     yield start
     for c in started:
         c.kill()
+
+
+@pytest.fixture
+def brokers(tmp_path) -> Iterator[Callable[..., Broker]]:
+    """Start more brokers (e.g. a restart on the same ``db``); all stopped at the end."""
+    started: list[Broker] = []
+
+    def start(*extra: str, db: str | None = None) -> Broker:
+        b = start_broker(db or str(tmp_path / f"zchat-{len(started)}.db"), *extra)
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.stop()

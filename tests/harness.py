@@ -254,3 +254,19 @@ def raw_socket(ctx: Any, kind: int, broker: Broker, address: str | None = None) 
         keys.curve_client(sock, keys.load(Path(keys_dir) / "broker.key").public)
     sock.connect(address or broker.router)
     return sock
+
+
+def operator_socket(ctx: Any, kind: int, broker: Broker) -> Any:
+    """A bare pyzmq socket connected to the broker's control address with the operator's
+    key pair (as the admin tool has it), for sending the control socket garbage."""
+    import zmq
+
+    from schema import keys
+
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    if broker.keys_dir is not None:
+        keys.curve_client(sock, keys.load(Path(broker.keys_dir) / "broker.key").public,
+                          keys.load(Path(broker.keys_dir) / "admin.key_secret"))
+    sock.connect(broker.control)
+    return sock
