@@ -114,6 +114,8 @@ class Connection:
         self.incarnation: str | None = None
         self._pub = ""
         self._password: str | None = None  # kept to take a registered nickname back
+        self._ping_sent: float | None = None  # the unanswered ping, for lag()
+        self._round_trip: float | None = None
         self.heartbeat = P.HEARTBEAT_INTERVAL
         self.timeout = P.PEER_TIMEOUT
         self.lost = False
@@ -164,6 +166,7 @@ class Connection:
         return {"version": PROTOCOL_VERSION, "client": self.client_id}
 
     def _session_opened(self, reply: dict[str, Any]) -> None:
+        self._ping_sent = None  # any ping in flight went to a session that is gone
         self.incarnation = reply["inc"]
         self.heartbeat = float(reply.get("heartbeat", self.heartbeat))
         self.timeout = float(reply.get("timeout", self.timeout))
@@ -273,6 +276,9 @@ class Connection:
         if message is None:
             return
         if "re" in message:
+            if message["re"] == 0 and self._ping_sent is not None:
+                self._round_trip = self._last_heard - self._ping_sent
+                self._ping_sent = None
             if message.get("code") == "no_session":
                 self._resume()  # the broker does not know us: restarted, or we expired
                 if message["re"] in self._pending and \
@@ -499,12 +505,22 @@ class Connection:
                 self._catch_up(view)
 
     def _send_ping(self) -> None:
-        # Pings carry id 0: their replies only prove the broker alive, nobody waits.
+        # Pings carry id 0: their replies prove the broker alive and time the round trip.
         try:
             self.dealer.send(pack({"id": 0, "cmd": "ping"}), zmq.NOBLOCK)
         except zmq.Again:
             pass
         self._last_sent = self.clock()
+        if self._ping_sent is None:
+            self._ping_sent = self._last_sent
+
+    def lag(self) -> float | None:
+        """The broker's round trip in seconds, from the pings sent while idle: the last
+        one measured, or how long the ping in flight has waited if that is longer."""
+        waited = self.clock() - self._ping_sent if self._ping_sent is not None else None
+        if self._round_trip is None:
+            return waited
+        return max(self._round_trip, waited or 0.0)
 
 
 def _fields(event: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,6 @@ The pieces below the line mode itself are shared with the full-screen mode (``tu
 
 * ``ChatState``: what a person wants to see beyond the library's own state, learnt from
   events: unread counts, the members of each room, the room and nicknames seen (for Tab).
-* ``LagProbe``: wraps a ``Connection`` and times round trips with its own pings.
 * ``styled``: ``render.render``'s lines with a timestamp and a colour per nickname, as
   ``(style, text)`` fragments; ``to_ansi`` (here) and ``tui.to_rich`` draw them.
 * ``completions``: Tab, from the command table, the rooms and the names seen.
@@ -223,54 +222,6 @@ class ChatState:
 # --- lag -------------------------------------------------------------------------------
 
 
-class LagProbe:
-    """A ``Connection`` that also times the broker's round trip, for the status line.
-
-    The library's own pings are answered silently, so the probe sends its own every
-    ``INTERVAL`` seconds (a ``ping`` request the broker never rate-limits) and takes its
-    reply out of the events. Everything else is the connection's, unchanged.
-    """
-
-    INTERVAL = 5.0
-    GIVE_UP = 15.0  # an unanswered probe is forgotten after this long (e.g. a restart)
-
-    def __init__(self, conn: Connection, clock: Callable[[], float] = time.monotonic):
-        self.conn = conn
-        self.clock = clock
-        self.lag: float | None = None
-        self._sent: float | None = None
-        self._next = clock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.conn, name)
-
-    def pump(self) -> list[Event]:
-        events = self.conn.pump()
-        now = self.clock()
-        kept = []
-        for event in events:
-            if event.kind in ("reply", "error") and event.data.get("cmd") == "ping":
-                if self._sent is not None and event.kind == "reply":
-                    self.lag = now - self._sent
-                self._sent = None
-                continue
-            kept.append(event)
-        if self._sent is not None and now - self._sent > self.GIVE_UP:
-            self._sent = None
-        if self._sent is None and now >= self._next and not self.conn.lost \
-                and not self.conn.closed:
-            self.conn.request("ping", purpose="lag")
-            self._sent, self._next = now, now + self.INTERVAL
-        return kept
-
-    def current_lag(self) -> float | None:
-        """The last round trip, or how long the probe in flight has waited if longer."""
-        sent, lag = self._sent, self.lag
-        if sent is not None and lag is not None:
-            return max(lag, self.clock() - sent)
-        return lag
-
-
 # --- the status line -------------------------------------------------------------------
 
 
@@ -289,7 +240,7 @@ def link_state(conn: Any) -> str:
 
 
 def status_of(conn: Any, state: ChatState) -> Status:
-    lag = conn.current_lag() if isinstance(conn, LagProbe) else None
+    lag = conn.lag()
     return Status(conn.name, conn.current, tuple(list(conn.rooms)), state.unread_counts(),
                   link_state(conn), lag)
 
@@ -417,7 +368,6 @@ def run(conn: Connection, server: str) -> int:
     from prompt_toolkit.patch_stdout import patch_stdout
     from prompt_toolkit.styles import Style
 
-    probe = LagProbe(conn)
     state = ChatState()
     colour = "NO_COLOR" not in os.environ
 
@@ -433,7 +383,7 @@ def run(conn: Connection, server: str) -> int:
                                  display=c.display, display_meta=c.meta)
 
     def toolbar() -> FormattedText:
-        frags = status_fragments(status_of(probe, state))
+        frags = status_fragments(status_of(conn, state))
         return FormattedText([(f"class:bottom-toolbar.{s}" if s else "", t) for s, t in frags])
 
     session: Any = PromptSession(
@@ -451,7 +401,7 @@ def run(conn: Connection, server: str) -> int:
 
     def network(loop: asyncio.AbstractEventLoop) -> None:
         try:
-            outcome["code"] = Runner(probe, show, read_end).run()  # type: ignore[arg-type]
+            outcome["code"] = Runner(conn, show, read_end).run()
         finally:
             done.set()
             loop.call_soon_threadsafe(stop_prompt)

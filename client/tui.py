@@ -40,7 +40,6 @@ from .render import clean
 from .runner import Runner
 from .terminal import (
     ChatState,
-    LagProbe,
     Line,
     Status,
     completions,
@@ -161,10 +160,9 @@ class ChatApp(App[int]):
     def __init__(self, conn: Connection, server: str) -> None:
         super().__init__()
         self.conn = conn
-        self.probe = LagProbe(conn)
         self.server = server
         self.state = ChatState()
-        self.status = status_of(self.probe, self.state)
+        self.status = status_of(self.conn, self.state)
         self.panes: dict[str | None, RichLog] = {}  # None: the lobby, before any room
         self._pane_ids = itertools.count(1)
         self._quiet_joins: set[str] = set()  # switches by key or click: no confirmation
@@ -212,7 +210,7 @@ class ChatApp(App[int]):
     def _network(self) -> None:
         code = 0
         try:
-            code = Runner(self.probe, self._show, self._read_fd).run()  # type: ignore[arg-type]
+            code = Runner(self.conn, self._show, self._read_fd).run()
         except zmq.ZMQError:
             if not self.conn.closed:
                 raise
@@ -221,7 +219,7 @@ class ChatApp(App[int]):
 
     def _show(self, event: Event) -> None:  # on the network thread
         self.state.observe(event, self.conn.current, self.conn.rooms)
-        self.post_message(Incoming(event, status_of(self.probe, self.state)))
+        self.post_message(Incoming(event, status_of(self.conn, self.state)))
 
     def send_line(self, line: str) -> None:
         """Hand a typed line to the Runner, exactly as the line mode does."""
@@ -279,7 +277,7 @@ class ChatApp(App[int]):
     # -- side lists and status --------------------------------------------------------------
 
     def _refresh_status(self) -> None:
-        self.status = status_of(self.probe, self.state)
+        self.status = status_of(self.conn, self.state)
         self.query_one("#status", Static).update(to_rich(status_fragments(self.status)))
 
     def _refresh_sides(self) -> None:

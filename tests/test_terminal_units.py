@@ -1,5 +1,5 @@
 """The terminal UIs' own logic, without a terminal: colours, timestamps, the toolbar, Tab,
-what the UI learns from events, and the lag probe."""
+what the UI learns from events."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from client.render import render
 from client.terminal import (
     PALETTE,
     ChatState,
-    LagProbe,
     Status,
     completions,
     nick_colour,
@@ -263,62 +262,3 @@ def test_in_a_chat_line_tab_completes_nicknames_members_first_and_never_me():
 def test_nothing_to_complete_after_a_free_text_argument():
     assert tab("/broadcast hello th") == []
     assert tab("//jo") == []  # a chat line starting with a slash
-
-
-# --- lag -------------------------------------------------------------------------------------
-
-
-class FakeConnection:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.requests: list[tuple[str, str]] = []
-        self.lost = self.closed = self.resuming = False
-        self.name = "alice"
-
-    def pump(self) -> list[Event]:
-        out, self.events = self.events, []
-        return out
-
-    def request(self, cmd: str, purpose: str = "user", **fields: Any) -> int:
-        self.requests.append((cmd, purpose))
-        return len(self.requests)
-
-
-def test_the_probe_pings_times_the_answer_and_hides_it():
-    conn, now = FakeConnection(), [100.0]
-    probe = LagProbe(conn, clock=lambda: now[0])  # type: ignore[arg-type]
-    assert probe.pump() == [] and conn.requests == [("ping", "lag")]
-    now[0] += 0.004
-    other = msg()
-    conn.events = [reply("ping"), other]
-    assert probe.pump() == [other]
-    assert probe.current_lag() == 0.004 or abs(probe.current_lag() - 0.004) < 1e-9
-    assert probe.name == "alice"  # everything else is the connection's
-    probe.pump()
-    assert len(conn.requests) == 1  # the next one after INTERVAL
-    now[0] += LagProbe.INTERVAL
-    probe.pump()
-    assert len(conn.requests) == 2
-
-
-def test_an_unanswered_probe_shows_a_growing_lag_then_is_given_up():
-    conn, now = FakeConnection(), [100.0]
-    probe = LagProbe(conn, clock=lambda: now[0])  # type: ignore[arg-type]
-    probe.pump()
-    conn.events = [reply("ping")]
-    now[0] += 0.01
-    probe.pump()
-    now[0] += LagProbe.INTERVAL
-    probe.pump()  # a second probe, never answered
-    now[0] += 3
-    assert abs(probe.current_lag() - 3) < 1e-9  # type: ignore[operator]
-    now[0] += LagProbe.GIVE_UP
-    probe.pump()
-    assert len(conn.requests) == 3
-
-
-def test_no_probe_while_the_broker_is_lost():
-    conn = FakeConnection()
-    conn.lost = True
-    LagProbe(conn).pump()  # type: ignore[arg-type]
-    assert conn.requests == []
