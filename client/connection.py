@@ -62,6 +62,7 @@ class RoomView:
     heard: float  # when the room last sent anything (event or tick)
     catching_up: int | None = None  # id of the outstanding catch-up request
     held: dict[int, dict[str, Any]] = field(default_factory=dict)  # early events
+    members: list[str] = field(default_factory=list)  # as of ``seq``, in join order
 
 
 @dataclass(frozen=True)
@@ -320,6 +321,8 @@ class Connection:
             replay = self._entered(reply)
         elif pending.cmd == "leave":
             self._forget_room(reply["room"])
+        elif pending.cmd == "who" and reply.get("room") in self.rooms:
+            self.rooms[reply["room"]].members = _names(reply.get("members"))
         self._emit("reply", cmd=pending.cmd, **data)
         for event in replay:
             self._emit(event["ev"], replay=True, **_fields(event))
@@ -334,7 +337,7 @@ class Connection:
         history = [e for e in reply.get("history", ()) if isinstance(e, dict)]
         view = RoomView(name, reply["topic"], seq=reply["seq"],
                         oldest=history[0]["seq"] if history else reply["seq"] + 1,
-                        heard=self.clock())
+                        heard=self.clock(), members=_names(reply.get("members")))
         self.rooms[name] = view
         self.sub.setsockopt(zmq.SUBSCRIBE, view.topic)
         return history
@@ -382,6 +385,11 @@ class Connection:
 
     def _deliver(self, view: RoomView, event: dict[str, Any]) -> None:
         view.seq = event["seq"]
+        name = event.get("name")
+        if event["ev"] == "join" and isinstance(name, str) and name not in view.members:
+            view.members.append(name)
+        elif event["ev"] == "leave" and name in view.members:
+            view.members.remove(name)
         self._emit(event["ev"], **_fields(event))
 
     def _release_held(self, view: RoomView) -> None:
@@ -480,6 +488,7 @@ class Connection:
                 return
             if reply["seq"] < view.seq:
                 view.seq = reply["seq"]  # killed and made anew while we were away
+            view.members = _names(reply.get("members"))
             if reply["topic"] != view.topic:
                 self.sub.setsockopt(zmq.UNSUBSCRIBE, view.topic)
                 view.topic = reply["topic"]
@@ -526,3 +535,7 @@ class Connection:
 def _fields(event: dict[str, Any]) -> dict[str, Any]:
     """An event's fields for the user: everything but the wire's bookkeeping."""
     return {k: v for k, v in event.items() if k not in ("ev", "inc", "topic")}
+
+
+def _names(value: Any) -> list[str]:
+    return [n for n in value if isinstance(n, str)] if isinstance(value, list) else []

@@ -29,7 +29,7 @@ from typing import Any
 from schema import protocol as P
 
 from . import commands
-from .connection import Connection, Event
+from .connection import Connection, Event, RoomView
 from .render import clean, render
 from .runner import Runner
 
@@ -147,17 +147,18 @@ def plain(line: Line) -> str:
 
 
 class ChatState:
-    """Unread counts, members and names seen, from the stream of events.
+    """Unread counts and the names seen, from the stream of events; members of each room
+    come from the library (``RoomView.members``), which applies joins and leaves in order.
 
     ``observe`` is told, with each event, the current room and the rooms joined as the
     library saw them when it emitted the event. Thread-safe: the network thread observes,
     the UI thread reads.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rooms: Mapping[str, RoomView] | None = None) -> None:
         self._lock = threading.Lock()
+        self._rooms = rooms if rooms is not None else {}
         self.unread: dict[str, int] = {}
-        self.members: dict[str, set[str]] = {}
         self.rooms_seen: set[str] = set()
         self.nicks_seen: set[str] = set()
 
@@ -165,43 +166,26 @@ class ChatState:
         d, kind = event.data, event.kind
         joined = list(joined)
         with self._lock:
-            if kind == "reply":
-                self._reply(d, joined)
-            elif kind in ("join", "leave") and not d.get("replay"):
-                members = self.members.get(d.get("room"))  # type: ignore[arg-type]
-                name = d.get("name")
-                if members is not None and isinstance(name, str):
-                    (members.add if kind == "join" else members.discard)(name)
+            if kind == "reply" and d.get("cmd") == "users":
+                self._nicks(d.get("users") or ())
+            elif kind == "reply" and d.get("cmd") == "rooms":
+                self._rooms_named(r.get("room") for r in d.get("rooms") or ()
+                                  if isinstance(r, dict))
             if kind == "msg" and not d.get("replay") and d.get("room") != current \
                     and d.get("room") in joined:
                 self.unread[d["room"]] = self.unread.get(d["room"], 0) + 1
-            self._names(d)
-            for room in [r for r in self.members if r not in joined]:
-                del self.members[room]
+            to = d.get("to")
+            self._nicks([d.get("from"), d.get("name"), *(to if isinstance(to, list) else [to]),
+                         *(d.get("members") or ())])
+            self._rooms_named([d.get("room")])
             for room in [r for r in self.unread if r not in joined or r == current]:
                 del self.unread[room]
             self.rooms_seen.update(joined)
 
-    def _reply(self, d: dict[str, Any], joined: list[str]) -> None:
-        cmd, room = d.get("cmd"), d.get("room")
-        if cmd in ("join", "create", "who") and room in joined \
-                and isinstance(d.get("members"), list):
-            self.members[room] = {n for n in d["members"] if isinstance(n, str)}
-        elif cmd == "users":
-            self._nicks(d.get("users") or ())
-        elif cmd == "rooms":
-            self._rooms(r.get("room") for r in d.get("rooms") or () if isinstance(r, dict))
-
-    def _names(self, d: dict[str, Any]) -> None:
-        to = d.get("to")
-        self._nicks([d.get("from"), d.get("name"), *(to if isinstance(to, list) else [to])])
-        self._nicks(n for members in self.members.values() for n in members)
-        self._rooms([d.get("room")])
-
     def _nicks(self, names: Iterable[Any]) -> None:
         self.nicks_seen.update(n for n in names if isinstance(n, str) and P.is_nickname(n))
 
-    def _rooms(self, names: Iterable[Any]) -> None:
+    def _rooms_named(self, names: Iterable[Any]) -> None:
         self.rooms_seen.update(n for n in names if isinstance(n, str) and P.is_room_name(n))
 
     def unread_counts(self) -> dict[str, int]:
@@ -209,17 +193,15 @@ class ChatState:
             return dict(self.unread)
 
     def members_of(self, room: str | None) -> list[str]:
-        with self._lock:
-            return sorted(self.members.get(room or "", ()), key=str.lower)
+        view = self._rooms.get(room or "")
+        # list() of a list is one step under the GIL: a safe copy from the network thread.
+        return sorted(list(view.members), key=str.lower) if view is not None else []
 
     def names(self, current: str | None) -> tuple[list[str], list[str], list[str]]:
         """(rooms seen, nicknames seen, members of ``current``), for completion."""
+        members = self.members_of(current)
         with self._lock:
-            return (sorted(self.rooms_seen), sorted(self.nicks_seen),
-                    sorted(self.members.get(current or "", ())))
-
-
-# --- lag -------------------------------------------------------------------------------
+            return sorted(self.rooms_seen), sorted(self.nicks_seen | set(members)), members
 
 
 # --- the status line -------------------------------------------------------------------
@@ -368,7 +350,7 @@ def run(conn: Connection, server: str) -> int:
     from prompt_toolkit.patch_stdout import patch_stdout
     from prompt_toolkit.styles import Style
 
-    state = ChatState()
+    state = ChatState(conn.rooms)
     colour = "NO_COLOR" not in os.environ
 
     class ChatCompleter(Completer):

@@ -161,7 +161,7 @@ class ChatApp(App[int]):
         super().__init__()
         self.conn = conn
         self.server = server
-        self.state = ChatState()
+        self.state = ChatState(conn.rooms)
         self.status = status_of(self.conn, self.state)
         self.panes: dict[str | None, RichLog] = {}  # None: the lobby, before any room
         self._pane_ids = itertools.count(1)

@@ -44,3 +44,27 @@ def test_lag_grows_while_the_broker_does_not_answer(broker, connection):
     finally:
         broker.proc.send_signal(signal.SIGCONT)
     pump_until(connection, lambda: connection.lag() < 0.5)
+
+
+def test_members_follow_joins_and_leaves_in_order(broker, clients, connection):
+    connection.request("create", room="hall", name="alice")
+    pump_until(connection, lambda: "hall" in connection.rooms)
+    assert connection.rooms["hall"].members == ["alice"]
+    bob = clients()
+    bob.send("join hall bob")
+    pump_until(connection, lambda: connection.rooms["hall"].members == ["alice", "bob"])
+    bob.send("/leave")
+    pump_until(connection, lambda: connection.rooms["hall"].members == ["alice"])
+
+
+def test_history_replayed_on_join_does_not_change_the_members(broker, clients, connection):
+    bob = clients()
+    bob.send("login bob", "create hall")
+    bob.event("reply", cmd="create")
+    carol = clients()
+    carol.send("join hall carol", "/leave")
+    carol.event("reply", cmd="leave")
+    connection.request("join", room="hall", name="alice")
+    pump_until(connection, lambda: "hall" in connection.rooms)
+    # carol's join and leave are in the replayed history; she is not a member.
+    assert connection.rooms["hall"].members == ["bob", "alice"]

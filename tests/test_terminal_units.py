@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.connection import Event
+from client.connection import Event, RoomView
 from client.render import render
 from client.terminal import (
     PALETTE,
@@ -135,32 +135,19 @@ def reply(cmd: str, **data: Any) -> Event:
     return Event("reply", {"cmd": cmd, **data})
 
 
-def test_members_come_from_the_join_reply_then_follow_joins_and_leaves():
-    s = ChatState()
-    s.observe(reply("join", room="lounge", name="alice", members=["alice", "bob"]),
-              "lounge", ["lounge"])
-    s.observe(Event("join", {"room": "lounge", "name": "carol"}), "lounge", ["lounge"])
-    s.observe(Event("leave", {"room": "lounge", "name": "bob"}), "lounge", ["lounge"])
-    assert s.members_of("lounge") == ["alice", "carol"]
+def test_members_are_the_librarys_view_of_each_room_sorted_for_display():
+    view = RoomView("lounge", b"t", seq=3, oldest=1, heard=0.0, members=["bob", "Alice"])
+    s = ChatState({"lounge": view})
+    assert s.members_of("lounge") == ["Alice", "bob"]
+    view.members.append("carol")  # the library applied a join
+    assert s.members_of("lounge") == ["Alice", "bob", "carol"]
+    assert s.members_of("elsewhere") == [] and s.members_of(None) == []
 
 
-def test_history_replayed_on_join_does_not_change_the_members():
-    s = ChatState()
-    s.observe(reply("join", room="lounge", members=["alice"]), "lounge", ["lounge"])
-    s.observe(Event("join", {"room": "lounge", "name": "ghost", "replay": True}),
-              "lounge", ["lounge"])
-    s.observe(Event("leave", {"room": "lounge", "name": "alice", "replay": True}),
-              "lounge", ["lounge"])
-    assert s.members_of("lounge") == ["alice"]
-
-
-def test_who_refreshes_members_and_leaving_forgets_them():
-    s = ChatState()
-    s.observe(reply("join", room="lounge", members=["alice"]), "lounge", ["lounge"])
-    s.observe(reply("who", room="lounge", members=["alice", "dave"]), "lounge", ["lounge"])
-    assert s.members_of("lounge") == ["alice", "dave"]
-    s.observe(reply("leave", room="lounge"), None, [])
-    assert s.members_of("lounge") == []
+def test_members_of_the_current_room_are_offered_for_completion():
+    view = RoomView("lounge", b"t", seq=3, oldest=1, heard=0.0, members=["alice", "dave"])
+    _, nicks, members = ChatState({"lounge": view}).names("lounge")
+    assert members == ["alice", "dave"] and {"alice", "dave"} <= set(nicks)
 
 
 def test_unread_counts_messages_in_rooms_other_than_the_current_one():
