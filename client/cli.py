@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
             from . import terminal
             return terminal.run(conn, args.server)
         show(Event("info", {"text": f"Connected to {args.server}"})) if not args.json else None
-        return Runner(conn, show, sys.stdin.fileno()).run()
+        runner = Runner(conn, show, sys.stdin.fileno())
+        try:
+            return runner.run()
+        except KeyboardInterrupt:
+            return runner.interrupted()
     finally:
         conn.close()
 

@@ -9,6 +9,7 @@ its next line is read as a message to ``r``, exactly as for a person at the keyb
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -54,6 +55,15 @@ class Runner:
             ready = dict(poller.poll(self.conn.next_wakeup() * 1000))
             if self.input_fd in ready and not self._eof:
                 self._read_input(poller)
+
+    def interrupted(self, grace: float = 1.0) -> int:
+        """Ctrl-C: say goodbye, so others see us leave at once, and stop."""
+        self._leave()
+        deadline = time.monotonic() + grace
+        while self.conn.busy and not self.conn.lost and time.monotonic() < deadline:
+            self.conn.dealer.poll(50)
+            self.conn.pump()
+        return EXIT_OK
 
     def _read_input(self, poller: zmq.Poller) -> None:
         data = os.read(self.input_fd, 1 << 16)

@@ -227,3 +227,14 @@ def test_thousands_of_connect_disconnect_cycles_do_not_freeze_the_broker(broker)
         probe.close()
     finally:
         ctx.term()
+
+
+def test_ctrl_c_on_a_scripted_client_leaves_cleanly(broker, clients):
+    alice, bob = clients(), clients()
+    alice.send("login alice", "create hall")
+    alice.event("reply", cmd="create")
+    bob.send("join hall bob")
+    alice.event("join", name="bob")
+    bob.proc.send_signal(signal.SIGINT)
+    assert bob.wait() == 0
+    assert alice.event("leave", name="bob", timeout=3)["reason"] == "quit"
