@@ -122,7 +122,6 @@ class Connection:
         self.lost = False
         self.resuming = False
         self.closed = False
-        self.closed_reason: str | None = None
         self._next_id = 1
         self._pending: dict[int, _Pending] = {}
         self._events: deque[Event] = deque()
@@ -303,12 +302,12 @@ class Connection:
             self._emit("error", cmd=pending.cmd, code=reply.get("code"),
                        text=reply.get("error"))
             return
-        # The request's own fields (the text of a /msg, say) help UIs tell the outcome.
-        data = {**{k: v for k, v in pending.args.items() if k != "password"},
-                **{k: v for k, v in reply.items() if k not in ("re", "ok", "topic", "history")}}
         if pending.purpose == "scrollback":
             self._scrolled_back(reply)
             return
+        # The request's own fields (the text of a /msg, say) help UIs tell the outcome.
+        data = {**{k: v for k, v in pending.args.items() if k != "password"},
+                **{k: v for k, v in reply.items() if k not in ("re", "ok", "topic", "history")}}
         replay: list[dict[str, Any]] = []
         if pending.cmd == "login":
             self.name = reply["name"]
@@ -357,8 +356,6 @@ class Connection:
         elif ev == "rekey":
             self._rekey(message)
             return
-        elif ev in ("kicked", "shutdown"):
-            self.closed_reason = message.get("reason")
         self._emit(ev, **_fields(message))
 
     # -- rooms: in order, without gaps or repeats -----------------------------------------
