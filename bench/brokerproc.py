@@ -1,0 +1,117 @@
+"""The broker under test: a real ``python -m broker`` process, started and always stopped.
+
+It runs as in production: CURVE on (the broker makes its keys in the temporary data
+directory; load processes read ``DIR/keys/broker.key``), persistence on (a SQLite file in
+the same directory, default durability), on free loopback ports. One difference, said in
+every report: per-client rate limiting is off (``--rate 0``), because the load is not
+abuse. Optionally the broker runs under a profiler (cProfile or pyinstrument); SIGTERM
+makes it stop cleanly, so the profile is written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from schema import keys
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"zchat broker ready: router=(\S+) pub=(\S+) control=(\S+)")
+FD_LIMIT = 65536  # 10,000 clients hold 20,000 connections
+
+
+def _more_fds() -> None:  # runs in the broker process, before exec
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, max(hard, FD_LIMIT)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def env() -> dict[str, str]:
+    out = dict(os.environ)
+    out["PYTHONPATH"] = str(ROOT) + os.pathsep + out.get("PYTHONPATH", "")
+    out["PYTHONUNBUFFERED"] = "1"
+    return out
+
+
+class BrokerProcess:
+    def __init__(self, directory: str, *, profile: str | None = None,
+                 profile_out: str | None = None, insecure: bool = False):
+        self.directory = directory
+        self.keys_dir = os.path.join(directory, "keys")
+        self.db = os.path.join(directory, "zchat.db")
+        self.args = ["--bind", "tcp://127.0.0.1:*", "--pub-bind", "tcp://127.0.0.1:*",
+                     "--control-bind", "tcp://127.0.0.1:*", "--db", self.db,
+                     "--keys", self.keys_dir, "--rate", "0"]
+        self.insecure = insecure
+        if insecure:  # an experiment only: what does encryption cost?
+            self.args.append("--insecure")
+        prefix = [sys.executable]
+        if profile == "cprofile":
+            prefix += ["-m", "cProfile", "-o", profile_out or "broker.prof"]
+        elif profile == "pyinstrument":
+            prefix += ["-m", "pyinstrument", "-r", "text", "-o",
+                       profile_out or "broker-pyinstrument.txt"]
+        elif profile is not None:
+            raise ValueError(f"unknown profiler {profile!r}")
+        self.command = [*prefix, "-m", "broker", *self.args]
+        self.lines: deque[str] = deque(maxlen=200)
+        self._ready = threading.Event()
+        self.router = self.pub = self.control = ""
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=env(),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, preexec_fn=_more_fds)
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(timeout) or not self.router:
+            self.stop()
+            raise RuntimeError("the broker did not start:\n" + "\n".join(self.lines))
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for raw in iter(self.proc.stderr.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.lines.append(line)
+            if not self._ready.is_set():
+                ready = READY.search(line)
+                if ready:
+                    self.router, self.pub, self.control = ready.groups()
+                    self._ready.set()
+        self._ready.set()  # ended before it was ready: start() will say so
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def public_key(self) -> bytes | None:
+        if self.insecure:
+            return None
+        return keys.load(Path(self.keys_dir) / "broker.key").public
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM (a clean stop, flushing any profile), then SIGKILL if need be."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.proc.poll() is None:
+                self.proc.kill()
+        return self.proc.wait(5)

@@ -1,0 +1,62 @@
+"""The benchmark keeps working: a tiny real run (seconds), and its bookkeeping.
+
+It is a benchmark, not a test, so nothing here judges speed: only that a run completes,
+reports sane figures, and loses and duplicates nothing.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.plan import make
+from bench.stats import bucket, merge, percentiles
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_tiny_fanout_run_reports_sane_figures_and_loses_nothing(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "fanout", "--members", "8", "--procs", "2",
+         "--warmup", "0.5", "--duration", "2", "--rate", "200", "--out", str(tmp_path),
+         "--quiet"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    r = json.loads(lines[0])
+    assert r["workload"] == "fanout" and r["clients"] == 8 and r["curve"] is True
+    assert r["lost"] == 0 and r["duplicated"] == 0 and r["reordered"] == 0
+    assert r["errors"] == 0 and r["unacked_at_end"] == 0
+    assert r["sent"] > 0 and r["delivered"] + r["caught_up"] == 8 * r["sent"]
+    assert 100 <= r["inbound_per_s"] <= 300  # offered 200 a second
+    assert r["deliveries_per_s"] > 0 and r["latency_samples"] > 0
+    lat = r["latency_ms"]
+    assert 0 <= lat["p50"] <= lat["p99"] <= lat["p99.9"] <= lat["max"] < 10_000
+    assert r["broker_cpu_us_per_delivery"] > 0 and r["broker_cpu_us_per_inbound"] > 0
+    assert 0 < r["broker_rss_mib"] < 4096
+    table = (tmp_path / "results.md").read_text()
+    assert "| fanout | open 200/s | 8 |" in table
+    assert "| fanout | open 200/s | 8 |" in done.stdout
+
+
+def test_latency_histogram_keeps_seven_significant_bits_and_merges():
+    assert [bucket(v) for v in (0, 5, 127, 128, 1000, 123_456)] == [0, 5, 127, 128, 1000,
+                                                                   122_880]
+    h = merge([{1: 98, 10: 1}, {1000: 1}])
+    assert percentiles(h, (50, 99, 100)) == [1.0, 10.0, 1000.0]
+    assert percentiles({}, (50,)) == [None]
+
+
+def test_plans_say_who_must_receive_what():
+    rooms = make("rooms", procs=3)
+    assert len(rooms.rooms) == 10 and all(len(m) == 20 for m in rooms.rooms.values())
+    assert len(rooms.senders) == 20 and sum(map(len, rooms.workers)) == 200
+    assert len(rooms.receivers_of(0)) == 20
+    crowd = make("crowd", procs=2, crowd=6000, stuck=1)
+    assert crowd.clients == 50 + 6000 + 1 and len(crowd.idle_workers) == 3
+    assert "stuck0" in crowd.rooms["busy"] and "stuck0" not in crowd.receivers_of(0)
+    dm = make("dm")
+    assert len(dm.dm_pool) == 100 and all(s.room is None for s in dm.senders)
