@@ -327,7 +327,9 @@ class Worker:
             if is_sub:
                 # [topic, event]: the frames of one message arrive together. (Cheaper than
                 # recv_multipart, whose RCVMORE check costs as much as the rest here.)
-                self.room_event(c, unpack(recv(NOBLOCK)))
+                events = unpack(recv(NOBLOCK))  # a room's events of one broker turn
+                for event in events if isinstance(events, list) else ():
+                    self.room_event(c, event)
             else:
                 self.from_broker(c, unpack(frame))
 

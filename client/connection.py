@@ -104,8 +104,11 @@ class Connection:
         self.secure = server_key is not None
         for sock in (self.dealer, self.sub):
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+            # Pings tell us within seconds that the broker is silent; these slower ZMTP
+            # heartbeats only make libzmq drop and redial a connection that went dead
+            # without a FIN (a vanished host), which nothing else would notice.
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 5000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
         # Reconnect by ourselves, backing off from 0.1 s to 2 s between attempts.
         self.dealer.setsockopt(zmq.RECONNECT_IVL, 100)
         self.dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
@@ -223,9 +226,13 @@ class Connection:
             except zmq.Again:
                 break
             if len(frames) == 2:
-                event = self._decode(frames[1])
-                if event is not None:
-                    self._from_room(event)
+                try:
+                    events = unpack(frames[1])  # a room's events of one broker turn
+                except Exception:
+                    continue
+                for event in events if isinstance(events, list) else ():
+                    if isinstance(event, dict):
+                        self._from_room(event)
         if not self.closed:
             self._housekeeping()
         events = list(self._events)
