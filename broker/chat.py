@@ -189,8 +189,7 @@ class Chat:
         if session is not None and session.identity != identity:
             if request.cmd != "hello":
                 raise ProtocolError("no_session")
-            self._end_session(session, "replaced")
-            session = None
+            return None  # a new session replaces it, if the hello is accepted
         if session is None:
             if request.cmd != "hello":
                 raise ProtocolError("no_session")
@@ -307,9 +306,13 @@ class Chat:
             raise ProtocolError("version", f"Unsupported protocol version {version}; "
                                            f"this broker speaks {P.PROTOCOL_VERSION}")
         if session is None:
-            if self.max_clients is not None and len(self.sessions) >= self.max_clients:
+            replaced = self.sessions.get(peer)  # this routing id, under another key
+            if self.max_clients is not None and \
+                    len(self.sessions) - (replaced is not None) >= self.max_clients:
                 raise ProtocolError("server_full",
                                     f"Server full ({self.max_clients} clients); try later")
+            if replaced is not None:
+                self._end_session(replaced, "replaced")
             self.sessions[peer] = Session(peer, client, self.clock(), identity,
                                           tokens=self.burst, last_refill=self.clock())
             log.info("Client connected (%d online)", len(self.sessions))
@@ -430,7 +433,8 @@ class Chat:
         target = self._membership(session, room)
         events = self.store.events(room, before=before, after=after,
                                    limit=limit or self.join_history)
-        return {"room": room, "events": events, "seq": target.seq, "inc": self.incarnation}
+        return {"room": room, "events": _bounded(events, keep_newest=after is None),
+                "seq": target.seq, "inc": self.incarnation}
 
     # -- the rules behind the commands ----------------------------------------------------
 
@@ -513,7 +517,7 @@ class Chat:
         while True:
             self._guests += 1
             name = f"Guest{self._guests}"
-            if name not in self.users:
+            if name not in self.users and self.store.account(name) is None:
                 return name
 
     def _room(self, name: str) -> Room:
@@ -539,7 +543,8 @@ class Chat:
         """What a member needs to follow a room: its topic, members and recent history."""
         return {"room": room.name, "name": session.name, "topic": room.topic, "seq": room.seq,
                 "inc": self.incarnation, "members": list(room.members),
-                "history": self.store.events(room.name, limit=self.join_history)}
+                "history": _bounded(self.store.events(room.name, limit=self.join_history),
+                                    keep_newest=True)}
 
     def _remove_member(self, room: Room, session: Session, reason: str) -> None:
         assert session.name is not None
@@ -588,6 +593,19 @@ class Chat:
 
     def _send(self, session: Session, body: dict[str, Any]) -> None:
         self._out.append(Send(session.peer, body))
+
+
+def _bounded(events: list[dict[str, Any]], *, keep_newest: bool) -> list[dict[str, Any]]:
+    """A page of history within HISTORY_TEXT_MAX characters of text (one event at least):
+    a client that asks and never reads cannot make the broker queue megabytes a reply.
+    Clients page on by seq, so a shorter page loses nothing."""
+    budget, kept = P.HISTORY_TEXT_MAX, []
+    for event in reversed(events) if keep_newest else events:
+        budget -= len(event.get("text", "")) + 64
+        if kept and budget < 0:
+            break
+        kept.append(event)
+    return kept[::-1] if keep_newest else kept
 
 
 def _hash_password(password: str, salt: bytes) -> bytes:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Iterable, Set
+from collections.abc import Iterable, Iterator, Set
 
 import zmq
 
@@ -31,7 +31,12 @@ from .chat import Chat, Delivery, Publish, Send
 log = logging.getLogger("zchat.broker")
 
 BATCH = 512  # messages taken from one socket per turn, so no socket starves the others
-PUBLISH_BATCH = 100  # room events in one publisher frame at most
+PUBLISH_BATCH = 100  # room events in one publisher frame at most...
+PUBLISH_TEXT = P.HISTORY_TEXT_MAX  # ...and characters of text (one event at least)
+# Messages queued for one peer that is not reading. What a subscriber misses it catches up
+# by seq, so its queue can be short; a client's replies and private messages cannot be
+# refetched, and a client whose queue is full is ended ("not reading").
+ROUTER_QUEUE, PUBLISHER_QUEUE = 1000, 1000
 # pyzmq's flag enums cost more to combine than the send itself: plain ints.
 _MORE, _NOW = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 EXPIRY_CHECK = 0.5  # seconds between scans for silent clients
@@ -70,11 +75,11 @@ class Broker:
         self.router = ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown peer: an error, not silence
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting client takes over
-        self.router.setsockopt(zmq.SNDHWM, 10_000)
+        self.router.setsockopt(zmq.SNDHWM, ROUTER_QUEUE)
         _tune(self.router, P.FRAME_MAX, CHAT, secret_key)
         self.publisher = ctx.socket(zmq.XPUB)
         self.publisher.setsockopt(zmq.XPUB_MANUAL, 1)
-        self.publisher.setsockopt(zmq.SNDHWM, 10_000)
+        self.publisher.setsockopt(zmq.SNDHWM, PUBLISHER_QUEUE)
         _tune(self.publisher, P.SUBSCRIPTION_FRAME_MAX, CHAT, secret_key)
         self.control = ctx.socket(zmq.ROUTER)
         _tune(self.control, P.CONTROL_FRAME_MAX, CONTROL, secret_key)
@@ -240,9 +245,9 @@ class Broker:
                     direct.append(item)
             pending = []
             for topic, events in rooms.items():
-                for start in range(0, len(events), PUBLISH_BATCH):
+                for frame in _frames(events):
                     self.publisher.send(topic, _MORE)
-                    self.publisher.send(pack(events[start:start + PUBLISH_BATCH]), _NOW)
+                    self.publisher.send(pack(frame), _NOW)
                     self.chat.counters.frames_out += 1
             for item in direct:
                 try:
@@ -264,3 +269,18 @@ class Broker:
         self.chat.store.close()
         for sock in (self.router, self.publisher, self.control, self.zap):
             sock.close()
+
+
+def _frames(events: list[dict]) -> Iterator[list[dict]]:
+    """A room's events of one turn, cut into frames within the publishing bounds."""
+    frame: list[dict] = []
+    text = 0
+    for event in events:
+        size = len(event.get("text", "")) + 64
+        if frame and (len(frame) == PUBLISH_BATCH or text + size > PUBLISH_TEXT):
+            yield frame
+            frame, text = [], 0
+        frame.append(event)
+        text += size
+    if frame:
+        yield frame

@@ -30,14 +30,18 @@ ROOM_MAX = 32  # characters
 TEXT_MAX = 65535  # characters of one chat message
 REASON_MAX = 200  # characters of a kill/kick reason
 RECIPIENTS_MAX = 20  # names in one group message
-HISTORY_PAGE_MAX = 200  # events in one history reply
+HISTORY_PAGE_MAX = 200  # events in one history reply...
+HISTORY_TEXT_MAX = 64 * 1024  # ...and characters of text in it (one event at least)
 JOIN_HISTORY_DEFAULT = 50  # events replayed to a joiner
 ROOMS_PER_MEMBER_MAX = 50
 CLIENT_ID_MAX = 64  # characters of the client's self-chosen id (recognises retries)
 PASSWORD_MIN, PASSWORD_MAX = 8, 128  # characters of a nickname's password
 FRAME_MAX = 1 << 20  # bytes of one frame; larger frames are dropped by libzmq (MAXMSGSIZE)
 CONTROL_FRAME_MAX = 64 << 10
-SUBSCRIPTION_FRAME_MAX = 4096  # also bounds CURVE handshake commands (INITIATE ~ 300 B)
+# Bounds subscriptions and also CURVE handshake commands (INITIATE is ~300 bytes). libzmq
+# keeps every subscription a peer *requests* of a manual XPUB until that peer leaves, at
+# ~75 bytes per topic byte: the tighter this, the less a refused subscriber can cost.
+SUBSCRIPTION_FRAME_MAX = 512
 
 ANSWERS_REMEMBERED = 100_000  # replies kept to answer retried requests without redoing them
 
