@@ -10,7 +10,7 @@ Rules kept throughout:
 * A handler checks everything before it changes anything, so a refused request leaves
   the chat exactly as it was.
 * A room's events (messages, joins, leaves) form one stream numbered by ``seq``; each is
-  written to the store as it is made, and the loop commits the store before it sends a
+  handed to the store as it is made, and the loop commits the store before it sends a
   single delivery, so nothing is acknowledged or published that a crash could lose.
 * Room topics are capabilities: ``name NUL token``. Only current members are told a
   topic, the publisher grants subscriptions only to live topics, and a room's topic is
@@ -58,10 +58,11 @@ class Publish:
 
 Delivery = Send | Publish
 
-# Requests whose replies are remembered, so a retry is answered without redoing it.
-# The others are harmless to repeat (reads, join of a room one is in, ping, hello).
-_REMEMBERED = frozenset({"login", "logout", "create", "leave", "say", "whisper", "msg",
-                         "broadcast", "bye"})
+# Requests whose replies are remembered, so a retry is answered without redoing it: the
+# deliveries, which must not reach anyone twice. Those that change the session (login,
+# create, leave...) are carried out again: a retry may come from a new session after a
+# reconnect, and an old answer would tell it something about a session that is gone.
+_REMEMBERED = frozenset({"say", "whisper", "msg", "broadcast"})
 
 
 # --- State -------------------------------------------------------------------------------
@@ -79,6 +80,7 @@ class Session:
     rooms: dict[str, Room] = field(default_factory=dict)  # insertion-ordered set
     tokens: float = 0.0  # rate limit: requests it may still make at once...
     last_refill: float = 0.0  # ...as of this time
+    password_checks: list[float] = field(default_factory=list)  # when, in the last minute
 
 
 @dataclass(eq=False)
@@ -137,6 +139,7 @@ class Chat:
         self._answers: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
         self._origin: str | None = None  # "client id:request id" of the request at hand
         self._password_checks: deque[float] = deque()  # when the last few were made
+        self._spent: OrderedDict[bytes, Session] = OrderedDict()  # ended, by routing id
         for stored in store.rooms():
             room = Room(stored.name, stored.created, stored.creator, stored.last_seq)
             self._add_room(room)
@@ -193,6 +196,9 @@ class Chat:
         if session is None:
             if request.cmd != "hello":
                 raise ProtocolError("no_session")
+            if not self._within_rate(self._spent.get(peer)):
+                raise ProtocolError("rate_limited",
+                                    f"Slow down: at most {self.rate:g} requests a second")
             return None
         session.last_seen = self.clock()
         if request.cmd != "ping" and not self._within_rate(session):
@@ -313,8 +319,12 @@ class Chat:
                                     f"Server full ({self.max_clients} clients); try later")
             if replaced is not None:
                 self._end_session(replaced, "replaced")
-            self.sessions[peer] = Session(peer, client, self.clock(), identity,
-                                          tokens=self.burst, last_refill=self.clock())
+            new = Session(peer, client, self.clock(), identity, tokens=self.burst,
+                          last_refill=self.clock())
+            spent = self._spent.pop(peer, None)  # ending a session does not refill it
+            if spent is not None:
+                new.tokens, new.last_refill = spent.tokens, spent.last_refill
+            self.sessions[peer] = new
             log.info("Client connected (%d online)", len(self.sessions))
         return {"inc": self.incarnation, "pub": self.pub_address,
                 "heartbeat": P.HEARTBEAT_INTERVAL, "timeout": self.peer_timeout,
@@ -336,7 +346,7 @@ class Chat:
                                 "Give a password: /register PASSWORD (you have no key)")
         salt = pwhash = None
         if password is not None:
-            self._spend_password_check()
+            self._spend_password_check(session)
             salt = secrets.token_bytes(16)
             pwhash = _hash_password(password, salt)
         self.store.save_account(Account(name, session.identity, salt, pwhash))
@@ -463,26 +473,33 @@ class Chat:
         if account.key is not None and account.key == session.identity:
             return
         if password is not None and account.pwhash is not None:
-            self._spend_password_check()
+            self._spend_password_check(session)
             if hmac.compare_digest(_hash_password(password, account.salt or b""),
                                    account.pwhash):
                 return
+            raise ProtocolError("bad_password", f"Wrong password for {name}")
         raise ProtocolError("name_reserved",
                             f"Nickname {name} is registered: /identify {name} PASSWORD")
 
-    def _spend_password_check(self) -> None:
-        """Password hashing is slow on purpose; cap it broker-wide so a flood of guesses
-        cannot stall everyone else."""
+    def _spend_password_check(self, session: Session) -> None:
+        """Password hashing is slow on purpose. Each session gets a few checks a minute, so
+        guessing is slow and one guesser cannot use up everyone's; the broker as a whole
+        does a bounded number a second, so many guessers cannot stall the loop."""
         now = self.clock()
         while self._password_checks and self._password_checks[0] < now - 1.0:
             self._password_checks.popleft()
+        session.password_checks = [t for t in session.password_checks if t > now - 60.0]
+        if len(session.password_checks) >= P.PASSWORD_CHECKS_PER_MINUTE:
+            raise ProtocolError("rate_limited", "Too many password attempts; try again "
+                                                "in a minute")
         if len(self._password_checks) >= P.PASSWORD_CHECKS_PER_SECOND:
             raise ProtocolError("rate_limited", "Too many password attempts; try again")
+        session.password_checks.append(now)
         self._password_checks.append(now)
 
-    def _within_rate(self, session: Session) -> bool:
+    def _within_rate(self, session: Session | None) -> bool:
         """Token bucket: ``burst`` requests at once, then ``rate`` a second."""
-        if self.rate <= 0:
+        if self.rate <= 0 or session is None:
             return True
         now = self.clock()
         session.tokens = min(self.burst,
@@ -567,6 +584,9 @@ class Chat:
         if session.name is not None:
             del self.users[session.name]
         del self.sessions[session.peer]
+        self._spent[session.peer] = session  # its rate bucket, for the next hello
+        if len(self._spent) > P.ANSWERS_REMEMBERED:
+            self._spent.popitem(last=False)
         log.info("Client %s ended: %s (%d online)", session.name or "(anonymous)", reason,
                  len(self.sessions))
 
@@ -601,7 +621,7 @@ def _bounded(events: list[dict[str, Any]], *, keep_newest: bool) -> list[dict[st
     Clients page on by seq, so a shorter page loses nothing."""
     budget, kept = P.HISTORY_TEXT_MAX, []
     for event in reversed(events) if keep_newest else events:
-        budget -= len(event.get("text", "")) + 64
+        budget -= P.text_weight(event)
         if kept and budget < 0:
             break
         kept.append(event)

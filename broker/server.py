@@ -31,6 +31,9 @@ from .chat import Chat, Delivery, Publish, Send
 log = logging.getLogger("zchat.broker")
 
 BATCH = 512  # messages taken from one socket per turn, so no socket starves the others
+# Subscription traffic is cheap to read, and grants wait for its queue to be seen empty
+# (see _drain_subscriptions): read far more of it per turn, so junk cannot hold them up.
+SUBSCRIPTION_BATCH = 16 * BATCH
 PUBLISH_BATCH = 100  # room events in one publisher frame at most...
 PUBLISH_TEXT = P.HISTORY_TEXT_MAX  # ...and characters of text (one event at least)
 # Messages queued for one peer that is not reading. What a subscriber misses it catches up
@@ -210,7 +213,7 @@ class Broker:
         empty, across turns if need be; the peers refused meanwhile subscribe again when
         their room's ticks fail to arrive.
         """
-        for _ in range(BATCH):
+        for _ in range(SUBSCRIPTION_BATCH):
             try:
                 frames = self.publisher.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -276,7 +279,7 @@ def _frames(events: list[dict]) -> Iterator[list[dict]]:
     frame: list[dict] = []
     text = 0
     for event in events:
-        size = len(event.get("text", "")) + 64
+        size = P.text_weight(event)
         if frame and (len(frame) == PUBLISH_BATCH or text + size > PUBLISH_TEXT):
             yield frame
             frame, text = [], 0

@@ -124,6 +124,7 @@ class Connection:
         self.timeout = P.PEER_TIMEOUT
         self.lost = False
         self.resuming = False
+        self._resume_sent = 0.0
         self.closed = False
         self._next_id = 1
         self._pending: dict[int, _Pending] = {}
@@ -288,9 +289,11 @@ class Connection:
                 self._ping_sent = None
             if message.get("code") == "no_session":
                 self._resume()  # the broker does not know us: restarted, or we expired
-                if message["re"] in self._pending and \
-                        self._pending[message["re"]].purpose != "resume":
-                    return  # kept, and sent again once the session is back
+                waiting = self._pending.get(message["re"])
+                if waiting is not None and waiting.purpose == "resume":
+                    del self._pending[message["re"]]  # asked again after the next hello
+                if waiting is not None:
+                    return  # the user's requests are kept, and sent again on resuming
             pending = self._pending.pop(message["re"], None) if message["re"] else None
             if pending is not None:
                 self._reply(pending, message)
@@ -303,6 +306,11 @@ class Connection:
             self._resumed(pending, reply if ok else None, reply)
             return
         if pending.purpose == "catch-up":
+            if not ok and reply.get("code") in ("not_a_member", "no_such_room"):
+                # The broker no longer counts us in: stop following rather than ask forever.
+                self._forget_room(pending.args["room"])
+                self._emit("ejected", room=pending.args["room"], reason=reply.get("error"))
+                return
             self._caught_up(pending.args["room"], reply if ok else None)
             return
         if not ok:
@@ -446,10 +454,15 @@ class Connection:
     def _resume(self) -> None:
         """Open a new session and put back what we had: nickname, rooms, unanswered
         requests. Everything is sent at once, in order, on the one DEALER."""
-        if self.resuming or self.closed:
-            return
+        if self.closed or (self.resuming and
+                           self.clock() - self._resume_sent < self.timeout):
+            return  # a hello is on its way; one lost on the way is asked again later
+        for rid in [r for r, p in self._pending.items() if p.purpose == "resume"]:
+            del self._pending[rid]
+        if not self.resuming:
+            self._emit("reconnecting", server=self.server)
         self.resuming = True
-        self._emit("reconnecting", server=self.server)
+        self._resume_sent = self.clock()
         rid = self._send("hello", self._hello_fields())
         self._pending[rid] = _Pending("hello", {}, "resume")
 

@@ -48,8 +48,9 @@ ANSWERS_REMEMBERED = 100_000  # replies kept to answer retried requests without 
 # Abuse limits: each client's requests pass a token bucket (a burst, then a steady rate);
 # password checks are costly on purpose, so the whole broker does only a few a second.
 RATE_DEFAULT = 20.0  # requests a second, steady
-BURST_DEFAULT = 50  # requests at once
-PASSWORD_CHECKS_PER_SECOND = 5
+BURST_DEFAULT = 100  # requests at once: more than a client re-joining all its rooms sends
+PASSWORD_CHECKS_PER_SECOND = 10  # broker-wide
+PASSWORD_CHECKS_PER_MINUTE = 5  # per session
 
 HEARTBEAT_INTERVAL = 1.0  # seconds between client pings
 PEER_TIMEOUT = 4.0  # a client silent this long is gone; a broker silent this long is dead
@@ -128,6 +129,12 @@ def is_text(value: str) -> bool:
 
 def is_password(value: str) -> bool:
     return PASSWORD_MIN <= len(value) <= PASSWORD_MAX
+
+
+def text_weight(event: dict) -> int:
+    """What an event counts against a page's or frame's text budget."""
+    text = event.get("text")
+    return (len(text) if isinstance(text, str) else 0) + 64
 
 
 def is_reason(value: str) -> bool:

@@ -1139,3 +1139,46 @@ def test_refuse_answers_a_request_that_failed_validation_and_nothing_else(busy):
     assert out == [Send(A, {"re": 17, "ok": False, "code": "malformed",
                             "error": "Malformed request"})]
     assert snapshot(busy) == before
+
+
+# --- Found in review: retries across sessions, rate limits, password budgets ----------------
+
+
+def test_a_retried_leave_from_a_new_session_is_carried_out_not_replayed(resumable):
+    chat = resumable
+    ok(chat, A, "leave", room="lounge")  # answered, but say the answer was lost...
+    chat.gone(A)  # ...as the session ended
+    ok(chat, A, "hello", version=1, client="cafe")  # the client resumes
+    ok(chat, A, "join", room="lounge", name="alice")
+    [reply] = [d for d in resend(chat, A, 3, "leave", room="lounge") if isinstance(d, Send)
+               and d.peer == A][:1]
+    assert reply.body["ok"]  # carried out now: alice really left, as the client thinks
+    assert "alice" not in chat.rooms["lounge"].members
+
+
+def test_ending_a_session_does_not_refill_its_rate_bucket(make_chat, clock):
+    chat = make_chat(rate=20.0, burst=10)
+    codes = []
+    for _ in range(5):  # hello, say..., bye, over and over, at one instant
+        codes.append(chat.handle(A, req("hello", version=1))[0].body.get("code"))
+        for _ in range(3):
+            codes.append(chat.handle(A, req("login", name="alice"))[0].body.get("code"))
+        codes.append(chat.handle(A, req("bye"))[0].body.get("code"))
+    assert codes.count(None) == 1 + 10  # the first hello, then the burst once, not per session
+    assert set(codes) == {None, "rate_limited"}
+    clock.advance(1.0)  # the bucket refills with time, as ever
+    assert chat.handle(A, req("hello", version=1))[0].body["ok"]
+
+
+def test_one_guesser_cannot_use_up_the_password_checks_of_others(make_chat, clock):
+    chat = make_chat()
+    connect(chat, A, "alice")
+    ok(chat, A, "register", password="correct horse")
+    ok(chat, A, "logout")
+    connect(chat, B)
+    codes = [refused(chat, B, "login", name="alice", password=f"guess-number-{i}")["code"]
+             for i in range(P.PASSWORD_CHECKS_PER_MINUTE + 2)]
+    assert codes[:P.PASSWORD_CHECKS_PER_MINUTE] == ["bad_password"] * \
+        P.PASSWORD_CHECKS_PER_MINUTE
+    assert codes[-1] == "rate_limited"  # the guesser is slowed down...
+    assert ok(chat, A, "login", name="alice", password="correct horse")  # ...not alice

@@ -455,12 +455,12 @@ def test_a_password_registered_nickname_needs_its_password(broker, clients, zctx
     error = mallory.event("error", cmd="login")
     assert error["code"] == "name_reserved" and "registered" in error["text"]
     mallory.send("/identify alice wrong-password")
-    assert mallory.event("error", cmd="login")["code"] == "name_reserved"
+    assert mallory.event("error", cmd="login")["code"] == "bad_password"
     # Bare sockets skip the client's checks and fare no better.
     Peer(zctx, broker, "host").ok("create", room="den")
     raw = Peer(zctx, broker)
     assert raw.refused("login", name="alice") == "name_reserved"
-    assert raw.refused("login", name="alice", password="wrong-password") == "name_reserved"
+    assert raw.refused("login", name="alice", password="wrong-password") == "bad_password"
     assert raw.refused("join", room="den", name="alice") == "name_reserved"
     assert raw.refused("create", room="elsewhere", name="alice") == "name_reserved"
     mallory.send("/identify alice hunter2-pass")  # who knows the password is alice
