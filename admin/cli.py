@@ -85,11 +85,9 @@ def _credentials(args: argparse.Namespace) -> tuple[bytes, keys.KeyPair] | None:
     if args.insecure:
         return None
     directory = keys.key_dir(args.keys)
-    server = (keys.public_key(args.server_key) if args.server_key
-              else keys.load(directory / "broker.key").public)
     ours = keys.load(Path(args.identity) if args.identity
                      else directory / "admin.key_secret")
-    return server, ours
+    return keys.broker_key(args.server_key, directory), ours
 
 
 def keygen(args: argparse.Namespace) -> int:

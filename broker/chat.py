@@ -137,7 +137,7 @@ class Chat:
         self._guests = 0
         self._out: list[Delivery] = []
         self._answers: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
-        self._origin: str | None = None  # "client id:request id" of the request at hand
+        self._request_key: tuple[str, int] | None = None  # (client id, request id) at hand
         self._password_checks: deque[float] = deque()  # when the last few were made
         self._spent: OrderedDict[bytes, Session] = OrderedDict()  # ended, by routing id
         for stored in store.rooms():
@@ -163,11 +163,9 @@ class Chat:
             answer = self._answer_again(key, request)
             if answer is not None:
                 return [Send(peer, answer)]
-        self._origin = f"{key[0]}:{key[1]}" if key else None
+        self._request_key = key
         try:
-            if session is None:
-                result = self._hello(peer, None, identity, **request.args)
-            elif request.cmd == "hello":
+            if request.cmd == "hello":  # the only request _admit lets in without a session
                 result = self._hello(peer, session, identity, **request.args)
             else:
                 result = getattr(self, "_" + request.cmd)(session, **request.args)
@@ -197,14 +195,16 @@ class Chat:
             if request.cmd != "hello":
                 raise ProtocolError("no_session")
             if not self._within_rate(self._spent.get(peer)):
-                raise ProtocolError("rate_limited",
-                                    f"Slow down: at most {self.rate:g} requests a second")
+                raise self._too_fast()
             return None
         session.last_seen = self.clock()
         if request.cmd != "ping" and not self._within_rate(session):
-            raise ProtocolError("rate_limited",
-                                f"Slow down: at most {self.rate:g} requests a second")
+            raise self._too_fast()
         return session
+
+    def _too_fast(self) -> ProtocolError:
+        return ProtocolError("rate_limited",
+                             f"Slow down: at most {self.rate:g} requests a second")
 
     def _answer_again(self, key: tuple[str, int], request: Request) -> dict[str, Any] | None:
         """The reply already given to a retried request, so it is not carried out twice.
@@ -212,7 +212,7 @@ class Chat:
         answer = self._answers.get(key)
         if answer is None and request.cmd == "say":
             room = request.args["room"]
-            seq = self.store.seq_of(room, f"{key[0]}:{key[1]}")
+            seq = self.store.seq_of(room, _origin(key))
             if seq is not None:
                 answer = ok(request.id, room=room, seq=seq)
         return answer
@@ -594,7 +594,9 @@ class Chat:
         room.seq += 1
         event = {"ev": ev, "room": room.name, "seq": room.seq, "ts": self.clock(),
                  "inc": self.incarnation, **fields}
-        self.store.append(room.name, room.seq, event, self._origin if ev == "msg" else None)
+        # A message remembers the request that made it, to recognise a retry after a crash.
+        origin = _origin(self._request_key) if ev == "msg" and self._request_key else None
+        self.store.append(room.name, room.seq, event, origin)
         self._out.append(Publish(room.topic, event))
         return room.seq
 
@@ -613,6 +615,11 @@ class Chat:
 
     def _send(self, session: Session, body: dict[str, Any]) -> None:
         self._out.append(Send(session.peer, body))
+
+
+def _origin(key: tuple[str, int]) -> str:
+    """How the store names the request that made a message: "client id:request id"."""
+    return f"{key[0]}:{key[1]}"
 
 
 def _bounded(events: list[dict[str, Any]], *, keep_newest: bool) -> list[dict[str, Any]]:

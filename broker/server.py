@@ -20,10 +20,8 @@ from collections.abc import Iterable, Iterator, Set
 
 import zmq
 
-from schema import ProtocolError, pack, parse, unpack
+from schema import ProtocolError, decode, decode_admin, error, pack
 from schema import protocol as P
-from schema.codec import error, request_id
-from schema.protocol import ADMIN_REQUESTS
 
 from .auth import CHAT, CONTROL, ZAP_ENDPOINT, answer
 from .chat import Chat, Delivery, Publish, Send
@@ -162,17 +160,14 @@ class Broker:
                 break
             self.chat.counters.frames_in += 1
             peer = frames[0].bytes
-            rid = None
             try:
                 if len(frames) != 2:
                     raise ProtocolError("malformed", "A request is exactly one frame")
                 # Who sent it is what CURVE proved at connect time, never the routing id.
                 identity = frames[1].get("User-Id") or None if self.secure else None
-                message = unpack(frames[1].bytes)
-                rid = request_id(message)
-                out += self.chat.handle(peer, parse(message), identity)
+                out += self.chat.handle(peer, decode(frames[1].bytes), identity)
             except ProtocolError as err:
-                out += self.chat.refuse(peer, rid, err)
+                out += self.chat.refuse(peer, err.rid, err)
         return out
 
     def _drain_control(self, out: list[Delivery]) -> list[list[bytes]]:
@@ -188,13 +183,10 @@ class Broker:
                 log.warning("Control socket: dropped a message that is not a REQ request")
                 continue
             envelope, body = frames[:2], frames[2]
-            rid = None
             try:
-                message = unpack(body)
-                rid = request_id(message)
-                request = parse(message, ADMIN_REQUESTS)
+                request = decode_admin(body)
             except ProtocolError as err:
-                reply = error(rid, err)
+                reply = error(err.rid, err)
             else:
                 log.info("Operator: %s %s", request.cmd,
                          " ".join(f"{k}={v}" for k, v in request.args.items() if v))

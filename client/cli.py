@@ -62,13 +62,7 @@ def _credentials(args: argparse.Namespace) -> tuple[bytes | None, keys.KeyPair |
     if args.insecure:
         return None, None
     identity = keys.load(Path(args.identity)) if args.identity else None
-    if args.server_key:
-        return keys.public_key(args.server_key), identity
-    path = keys.key_dir(args.keys) / "broker.key"
-    if not path.exists():
-        raise ValueError(f"no broker key: {path} does not exist. Give --server-key (the "
-                         "broker's public key, printed when it starts) or --insecure")
-    return keys.load(path).public, identity
+    return keys.broker_key(args.server_key, keys.key_dir(args.keys)), identity
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -336,7 +336,7 @@ class Connection:
         elif pending.cmd == "leave":
             self._forget_room(reply["room"])
         elif pending.cmd == "who" and reply.get("room") in self.rooms:
-            self.rooms[reply["room"]].members = _names(reply.get("members"))
+            self.rooms[reply["room"]].members = _str_list(reply.get("members"))
         self._emit("reply", cmd=pending.cmd, **data)
         for event in replay:
             self._emit(event["ev"], replay=True, **_fields(event))
@@ -351,7 +351,7 @@ class Connection:
         history = [e for e in reply.get("history", ()) if isinstance(e, dict)]
         view = RoomView(name, reply["topic"], seq=reply["seq"],
                         oldest=history[0]["seq"] if history else reply["seq"] + 1,
-                        heard=self.clock(), members=_names(reply.get("members")))
+                        heard=self.clock(), members=_str_list(reply.get("members")))
         self.rooms[name] = view
         self.sub.setsockopt(zmq.SUBSCRIBE, view.topic)
         return history
@@ -505,7 +505,7 @@ class Connection:
                 return
             if reply["seq"] < view.seq:
                 view.seq = reply["seq"]  # killed and made anew while we were away
-            view.members = _names(reply.get("members"))
+            view.members = _str_list(reply.get("members"))
             if reply["topic"] != view.topic:
                 self.sub.setsockopt(zmq.UNSUBSCRIBE, view.topic)
                 view.topic = reply["topic"]
@@ -554,5 +554,5 @@ def _fields(event: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in event.items() if k not in ("ev", "inc", "topic")}
 
 
-def _names(value: Any) -> list[str]:
+def _str_list(value: Any) -> list[str]:
     return [n for n in value if isinstance(n, str)] if isinstance(value, list) else []

@@ -113,8 +113,13 @@ def parse(message: Any, kinds: Mapping[str, Kind] = CLIENT_REQUESTS) -> Request:
 
 
 def decode(frame: bytes, kinds: Mapping[str, Kind] = CLIENT_REQUESTS) -> Request:
-    """Frame to validated Request, or ProtocolError."""
-    return parse(unpack(frame), kinds)
+    """Frame to validated Request, or ProtocolError (with the request's id, if usable)."""
+    message = unpack(frame)
+    try:
+        return parse(message, kinds)
+    except ProtocolError as err:
+        err.rid = request_id(message)
+        raise
 
 
 def decode_admin(frame: bytes) -> Request:

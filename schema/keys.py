@@ -15,6 +15,7 @@ The broker creates what is missing at its first start, so one machine needs no s
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,6 +69,17 @@ def public_key(value: str) -> bytes:
     return load(Path(value)).public
 
 
+def broker_key(given: str | None, directory: Path) -> bytes:
+    """The broker public key to pin: as given (--server-key), else the key directory's."""
+    if given:
+        return public_key(given)
+    path = directory / "broker.key"
+    if not path.exists():
+        raise ValueError(f"no broker key: {path} does not exist. Give --server-key (the "
+                         "broker's public key, printed when it starts) or --insecure")
+    return load(path).public
+
+
 def operator_keys(directory: Path) -> set[bytes]:
     """Public keys admitted on the control socket."""
     keys = set()
@@ -97,16 +109,18 @@ class HandshakeRefused(Exception):
     """The secure handshake failed: our key was refused, or the broker key is wrong."""
 
 
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
 @contextmanager
-def handshake_watch(sock: zmq.Socket) -> Iterator[zmq.Socket]:
-    """A monitor on ``sock`` reporting failed handshakes (see ``handshake_failure``).
+def watch(sock: zmq.Socket, events: int = zmq.EVENT_ALL) -> Iterator[zmq.Socket]:
+    """A monitor on ``sock`` for ``events``, for the length of the block.
 
     A monitor left unread can freeze the whole context, so it is drained, disabled and
     closed when the block ends, whatever happens in it.
     """
-    monitor = sock.get_monitor_socket(
-        zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+    monitor = sock.get_monitor_socket(events)
     try:
         yield monitor
     finally:
@@ -114,6 +128,11 @@ def handshake_watch(sock: zmq.Socket) -> Iterator[zmq.Socket]:
         while monitor.poll(0):
             monitor.recv_multipart()
         monitor.close(0)
+
+
+def handshake_watch(sock: zmq.Socket) -> contextlib.AbstractContextManager[zmq.Socket]:
+    """A monitor on ``sock`` reporting failed handshakes (see ``handshake_failure``)."""
+    return watch(sock, HANDSHAKE_FAILED)
 
 
 def handshake_failure(monitor: zmq.Socket, address: str) -> HandshakeRefused:

@@ -88,12 +88,14 @@ ERRORS: dict[str, str] = {
 
 
 class ProtocolError(Exception):
-    """A request the broker refuses; carries the code and the text for the peer."""
+    """A request the broker refuses; carries the code and the text for the peer, and the
+    request's id when it had a usable one (so the refusal can be matched to it)."""
 
     def __init__(self, code: str, text: str | None = None):
         assert code in ERRORS, code  # our own bug, never a peer's: codes are constants
         self.code = code
         self.text = text or ERRORS[code]
+        self.rid: int | None = None
         super().__init__(self.text)
 
 
