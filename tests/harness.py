@@ -175,6 +175,14 @@ class Client:
                     and all(ev.get(k) == v for k, v in match.items()))
         return json.loads(self.out.wait_for(test, timeout))
 
+    def enter(self, command: str) -> dict[str, Any]:
+        """Send a /create or /join line (JSON mode); return its reply once the replayed
+        history, which ends with our own join, has been read too."""
+        self.send(command)
+        reply = self.event("reply", cmd=command.lstrip("/").split()[0])
+        self.event("join", replay=True, room=reply["room"], seq=reply["seq"])
+        return reply
+
     def line(self, match: Callable[[str], bool] | str, timeout: float = DEFAULT_WAIT) -> str:
         return self.out.wait_for(match, timeout)
 

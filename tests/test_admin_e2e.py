@@ -17,14 +17,6 @@ def exact(text: str) -> Callable[[str], bool]:
     return lambda line: line == text
 
 
-def enter(client: Client, command: str) -> dict:
-    """Send a /create or /join line (JSON client); return its reply once the replayed
-    history, which ends with our own join, has been read too."""
-    client.send(command)
-    reply = client.event("reply", cmd=command.lstrip("/").split()[0])
-    client.event("join", replay=True, room=reply["room"], seq=reply["seq"])
-    return reply
-
 
 def enter_lines(client: Client, command: str, room: str, name: str) -> None:
     """The same for a line-mode client."""
@@ -38,9 +30,9 @@ def enter_lines(client: Client, command: str, room: str, name: str) -> None:
 def test_ls_lists_rooms_with_member_counts_and_members(broker, clients):
     assert admin(broker.control, "ls").stdout.strip() == "No rooms"
     alice, bob = clients(), clients()
-    enter(alice, "/create lounge alice")
-    enter(bob, "/join lounge bob")
-    enter(bob, "/create den")
+    alice.enter("/create lounge alice")
+    bob.enter("/join lounge bob")
+    bob.enter("/create den")
     rooms = admin_json(broker.control, "ls")["rooms"]
     assert [(r["room"], r["count"], r["members"]) for r in rooms] == [
         ("den", 1, ["bob"]), ("lounge", 2, ["alice", "bob"])]
@@ -51,8 +43,8 @@ def test_ls_lists_rooms_with_member_counts_and_members(broker, clients):
 
 def test_users_lists_each_user_with_their_rooms(broker, clients):
     alice, bob, anon = clients(), clients(), clients()
-    enter(alice, "/create lounge alice")
-    enter(alice, "/create den")
+    alice.enter("/create lounge alice")
+    alice.enter("/create den")
     bob.send("login bob")
     bob.event("reply", cmd="login")
     anon.send("users")  # connected, not logged in
@@ -70,10 +62,10 @@ def test_users_lists_each_user_with_their_rooms(broker, clients):
 
 def test_kill_ejects_every_member_back_to_the_lobby_and_tells_them_why(broker, clients):
     alice, bob, carol = clients(), clients(json_mode=False), clients()
-    enter(alice, "/create lounge alice")
+    alice.enter("/create lounge alice")
     enter_lines(bob, "join lounge bob", "lounge", "bob")
-    enter(carol, "/create den carol")
-    enter(carol, "/join lounge")  # carol is in two rooms; lounge is current
+    carol.enter("/create den carol")
+    carol.enter("/join lounge")  # carol is in two rooms; lounge is current
     done = admin(broker.control, "kill", "lounge", "--reason", "spam storm")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "Killed room lounge; ejected 3 members: alice, bob, carol"
@@ -103,15 +95,15 @@ def test_kill_ejects_every_member_back_to_the_lobby_and_tells_them_why(broker, c
 
 def test_a_new_room_with_a_killed_rooms_name_does_not_reach_the_ejected(broker, clients):
     alice, bob = clients(), clients()
-    enter(alice, "/create lounge alice")
-    enter(bob, "/join lounge bob")
+    alice.enter("/create lounge alice")
+    bob.enter("/join lounge bob")
     assert admin(broker.control, "kill", "lounge").returncode == 0
     alice.event("ejected", room="lounge")
     bob.event("ejected", room="lounge")
     dave, erin = clients(), clients()
-    reply = enter(dave, "/create lounge dave")
+    reply = dave.enter("/create lounge dave")
     assert reply["seq"] == 1 and reply["members"] == ["dave"]  # a new room, no old history
-    enter(erin, "/join lounge erin")
+    erin.enter("/join lounge erin")
     dave.send("fresh secret")
     erin.event("msg", room="lounge", text="fresh secret")  # the new room works...
     # ...and nothing of it reaches the ejected ones (nor anything else of any room).
@@ -140,7 +132,7 @@ def test_an_ejected_member_keeping_its_old_subscription_hears_nothing_more(broke
         while sub.poll(200):  # a tick sent before the kill may still be on its way
             sub.recv_multipart()
         dave = clients()
-        enter(dave, "/create lounge dave")
+        dave.enter("/create lounge dave")
         dave.send("for the new lounge")
         dave.event("msg", text="for the new lounge")
         assert not sub.poll(500), "the old subscription still receives the room's name"
@@ -159,7 +151,7 @@ def test_kill_of_an_unknown_room_is_an_error_with_a_nonzero_exit(broker):
 
 def test_kick_tells_the_user_and_ends_their_client(broker, clients):
     alice, bob = clients(), clients(json_mode=False)
-    enter(alice, "/create lounge alice")
+    alice.enter("/create lounge alice")
     enter_lines(bob, "join lounge bob", "lounge", "bob")
     done = admin(broker.control, "kick", "bob", "--reason", "be nice")
     assert done.returncode == 0 and done.stdout.strip() == "Kicked bob"
@@ -183,8 +175,8 @@ def test_stats_show_uptime_clients_rooms_and_traffic(broker, clients):
     before = admin_json(broker.control, "stats")
     assert (before["clients"], before["rooms"], before["room_messages"]) == (0, 0, 0)
     alice, bob = clients(), clients()
-    enter(alice, "/create lounge alice")
-    enter(bob, "/join lounge bob")
+    alice.enter("/create lounge alice")
+    bob.enter("/join lounge bob")
     alice.send(*[f"line {i}" for i in range(5)])
     alice.event("reply", cmd="say", seq=7)
     bob.event("msg", text="line 4")

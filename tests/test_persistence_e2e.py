@@ -11,19 +11,10 @@ import pytest
 from .harness import Client, admin_json, json_lines
 
 
-def enter(client: Client, command: str) -> dict[str, Any]:
-    """Send a /create or /join line; return its reply once the replayed history (which
-    ends with our own join) has been read too."""
-    client.send(command)
-    reply = client.event("reply", cmd=command.lstrip("/").split()[0])
-    client.event("join", replay=True, room=reply["room"], seq=reply["seq"])
-    return reply
-
-
 def replayed(client: Client, command: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Join with ``command``; return the reply and the history events replayed with it."""
     start = len(client.out.seen)
-    reply = enter(client, command)
+    reply = client.enter(command)
     events = [e for e in json_lines(client.out.seen[start:]) if e.get("replay")]
     return reply, events
 
@@ -41,8 +32,8 @@ def say_all(client: Client, texts: list[str]) -> int:
 def test_rooms_and_history_survive_a_clean_restart_and_seq_continues(broker, brokers,
                                                                      clients):
     alice = clients()
-    enter(alice, "/create lounge alice")
-    enter(alice, "/create den")
+    alice.enter("/create lounge alice")
+    alice.enter("/create den")
     alice.send("/join lounge")  # current again
     alice.event("reply", cmd="join", room="lounge")
     last = say_all(alice, ["m1", "m2", "m3"])
@@ -65,7 +56,7 @@ def test_rooms_and_history_survive_a_clean_restart_and_seq_continues(broker, bro
 
 def test_acknowledged_messages_survive_a_sigkill_of_the_broker(broker, brokers, clients):
     alice = clients()
-    enter(alice, "/create lounge alice")
+    alice.enter("/create lounge alice")
     texts = [f"durable {i}" for i in range(20)]
     acknowledged = say_all(alice, texts)  # every one answered with a reply...
     assert broker.stop(signal.SIGKILL) == -signal.SIGKILL  # ...then the broker dies at once
@@ -81,7 +72,7 @@ def test_acknowledged_messages_survive_a_sigkill_of_the_broker(broker, brokers, 
 @pytest.mark.broker_args("--rate", "0")  # 60 messages at once: no rate limit in the way
 def test_history_replayed_to_a_joiner_is_bounded_at_50_by_default(broker, clients):
     alice = clients()
-    enter(alice, "/create lounge alice")  # seq 1
+    alice.enter("/create lounge alice")  # seq 1
     assert say_all(alice, [f"m{i}" for i in range(1, 61)]) == 61
     bob = clients()
     reply, history = replayed(bob, "/join lounge bob")  # seq 62
@@ -93,7 +84,7 @@ def test_history_replayed_to_a_joiner_is_bounded_at_50_by_default(broker, client
 @pytest.mark.broker_args("--history", "5")
 def test_the_history_flag_sets_the_replay_bound(broker, clients):
     alice = clients()
-    enter(alice, "/create lounge alice")
+    alice.enter("/create lounge alice")
     say_all(alice, [f"m{i}" for i in range(1, 11)])
     bob = clients()
     _, history = replayed(bob, "/join lounge bob")
@@ -102,8 +93,8 @@ def test_the_history_flag_sets_the_replay_bound(broker, clients):
 
 def test_a_killed_room_stays_gone_after_a_restart(broker, brokers, clients):
     alice = clients()
-    enter(alice, "/create lounge alice")
-    enter(alice, "/create den")
+    alice.enter("/create lounge alice")
+    alice.enter("/create den")
     say_all(alice, ["in den"])
     admin_json(broker.control, "kill", "lounge")
     alice.event("ejected", room="lounge")

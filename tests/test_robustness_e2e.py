@@ -20,7 +20,6 @@ import zmq
 
 from .harness import (
     Broker,
-    Client,
     admin_json,
     free_tcp_address,
     host_port,
@@ -72,14 +71,6 @@ def hello(sock: zmq.Socket) -> dict[str, Any]:
     return reply
 
 
-def enter(client: Client, command: str) -> dict[str, Any]:
-    """Send a /create or /join line; return its reply once the replayed history (which
-    ends with our own join) has been read too."""
-    client.send(command)
-    reply = client.event("reply", cmd=command.lstrip("/").split()[0])
-    client.event("join", replay=True, room=reply["room"], seq=reply["seq"])
-    return reply
-
 
 def assert_serves_normal_clients(broker: Broker, clients: Any) -> None:
     """The broker process is alive and two ordinary clients can log in, create a room
@@ -88,8 +79,8 @@ def assert_serves_normal_clients(broker: Broker, clients: Any) -> None:
     alice, bob = clients(), clients()
     alice.send("login alice")
     alice.event("reply", cmd="login", name="alice")
-    enter(alice, "/create after-storm")
-    enter(bob, "/join after-storm bob")
+    alice.enter("/create after-storm")
+    bob.enter("/join after-storm bob")
     bob.send("still standing")
     assert alice.event("msg", room="after-storm", text="still standing")["from"] == "bob"
 
@@ -287,7 +278,7 @@ def test_raw_tcp_cannot_slip_a_request_past_the_handshake(broker, clients, ctx, 
         {"id": 1, "cmd": "hello", "version": 1})
     # The broker's sockets refuse it.
     alice = clients(*flags)
-    enter(alice, "/create lounge alice")
+    alice.enter("/create lounge alice")
     raw_tcp(broker.router, b"\x01\x00" + login)
     raw_tcp(broker.control, b"\x01\x00" + zmtp10(
         b"", pack({"id": 1, "cmd": "kill", "room": "lounge"})))
@@ -346,8 +337,8 @@ def test_client_facing_a_silent_listener_fails_clearly_within_two_seconds(broker
 def test_a_client_killed_with_sigkill_is_removed_from_its_room_within_seconds(
         broker, clients):
     alice, bob = clients(), clients()
-    enter(alice, "/create lounge alice")
-    enter(bob, "/join lounge bob")
+    alice.enter("/create lounge alice")
+    bob.enter("/join lounge bob")
     bob.proc.send_signal(signal.SIGKILL)
     bob.proc.wait(5)
     killed = time.monotonic()
@@ -356,7 +347,7 @@ def test_a_client_killed_with_sigkill_is_removed_from_its_room_within_seconds(
     assert admin_json(broker.control, "ls")["rooms"][0]["members"] == ["alice"]
     assert [u["name"] for u in admin_json(broker.control, "users")["users"]] == ["alice"]
     carol = clients()  # the broker carries on, and bob's name is free again
-    enter(carol, "/join lounge bob")
+    carol.enter("/join lounge bob")
     carol.send("I am the new bob")
     alice.event("msg", text="I am the new bob")
 
@@ -364,7 +355,7 @@ def test_a_client_killed_with_sigkill_is_removed_from_its_room_within_seconds(
 def test_a_peer_that_vanishes_with_traffic_pending_does_not_crash_the_broker(
         broker, clients, ctx):
     alice = clients()
-    enter(alice, "/create lounge alice")
+    alice.enter("/create lounge alice")
     ghost = raw_socket(ctx, zmq.DEALER, broker)
     hello(ghost)
     assert answer(ghost, pack({"id": 2, "cmd": "join", "room": "lounge", "name": "ghost"}))[
@@ -398,7 +389,7 @@ def test_a_subscriber_to_room_a_never_receives_room_ab(broker, clients, ctx):
     assert member.poll(3000), "no tick for a granted room topic"
     assert member.recv_multipart()[0] == topic
     bob = clients()
-    enter(bob, "/create ab bob")
+    bob.enter("/create ab bob")
     bob.send("for ab only")
     bob.event("reply", cmd="say")
     assert answer(spy, pack({"id": 3, "cmd": "say", "room": "a", "text": "for a"}))["ok"]
@@ -419,7 +410,7 @@ def test_a_subscriber_to_room_a_never_receives_room_ab(broker, clients, ctx):
 def test_a_member_who_left_stops_receiving_even_if_it_keeps_its_subscription(
         broker, clients, ctx):
     alice = clients()
-    enter(alice, "/create lounge alice")
+    alice.enter("/create lounge alice")
     leaver = raw_socket(ctx, zmq.DEALER, broker)
     hello(leaver)
     topic = answer(leaver, pack({"id": 2, "cmd": "join", "room": "lounge", "name": "x"}))[
@@ -438,9 +429,9 @@ def test_a_member_who_left_stops_receiving_even_if_it_keeps_its_subscription(
 
 def test_clients_in_rooms_a_and_ab_each_see_only_their_own_room(broker, clients):
     alice, bob, carol = clients(), clients(), clients()
-    enter(alice, "/create a alice")
-    enter(bob, "/create ab bob")
-    enter(carol, "/join a carol")
+    alice.enter("/create a alice")
+    bob.enter("/create ab bob")
+    carol.enter("/join a carol")
     bob.send("for ab only")
     bob.event("reply", cmd="say")
     carol.send("for a")

@@ -20,7 +20,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -47,8 +46,7 @@ from .harness import (
     raw_socket,
 )
 
-FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-          | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+FAILED = keys.HANDSHAKE_FAILED
 SUCCEEDED = zmq.EVENT_HANDSHAKE_SUCCEEDED
 RSS_GROWTH_LIMIT_MIB = 100  # generous: the point is "bounded", not "small"
 
@@ -70,36 +68,11 @@ def event_name(event: int) -> str:
         return str(event)
 
 
-@contextmanager
-def watched(sock: zmq.Socket) -> Iterator[zmq.Socket]:
-    """A monitor on ``sock`` (set up before it connects), drained and disabled after."""
-    monitor = sock.get_monitor_socket()
-    try:
-        yield monitor
-    finally:
-        sock.disable_monitor()
-        while monitor.poll(0):
-            monitor.recv_multipart()
-        monitor.close(0)
+watched = keys.watch  # every monitor event, drained and disabled after the block
 
 
-def handshake_outcome(monitor: zmq.Socket, timeout: float = DEFAULT_WAIT) -> int:
-    """The first handshake verdict the monitor reports: SUCCEEDED or a HANDSHAKE_FAILED_*."""
-    deadline = time.monotonic() + timeout
-    seen = []
-    while (left := deadline - time.monotonic()) > 0:
-        if not monitor.poll(left * 1000):
-            break
-        event = zmq.utils.monitor.recv_monitor_message(monitor)["event"]
-        seen.append(event_name(event))
-        if event == SUCCEEDED or event & FAILED:
-            return event
-    raise AssertionError(f"no handshake verdict within {timeout} s; monitor saw {seen}")
-
-
-def wait_monitor_event(monitor: zmq.Socket, wanted: int, timeout: float = DEFAULT_WAIT
-                       ) -> list[str]:
-    """Read monitor events until one of ``wanted`` (a mask) arrives; all seen, in order."""
+def next_event(monitor: zmq.Socket, wanted: int, timeout: float = DEFAULT_WAIT) -> int:
+    """Read monitor events until one in ``wanted`` (a mask) arrives, and return it."""
     deadline = time.monotonic() + timeout
     seen = []
     while (left := deadline - time.monotonic()) > 0:
@@ -108,8 +81,13 @@ def wait_monitor_event(monitor: zmq.Socket, wanted: int, timeout: float = DEFAUL
         event = zmq.utils.monitor.recv_monitor_message(monitor)["event"]
         seen.append(event_name(event))
         if event & wanted:
-            return seen
+            return event
     raise AssertionError(f"no {event_name(wanted)} within {timeout} s; monitor saw {seen}")
+
+
+def handshake_outcome(monitor: zmq.Socket, timeout: float = DEFAULT_WAIT) -> int:
+    """The first handshake verdict the monitor reports: SUCCEEDED or a HANDSHAKE_FAILED_*."""
+    return next_event(monitor, SUCCEEDED | FAILED, timeout)
 
 
 def curve_socket(ctx: zmq.Context, kind: int, server_key: bytes | None,
@@ -889,7 +867,7 @@ def test_a_message_over_the_size_limit_drops_its_peer_unprocessed(broker, client
         assert handshake_outcome(monitor) == SUCCEEDED
         big.send(pack({"id": 1, "cmd": "hello", "version": P.PROTOCOL_VERSION,
                        "pad": "x" * (P.FRAME_MAX + 1)}))
-        wait_monitor_event(monitor, zmq.EVENT_DISCONNECTED)  # the broker hung up
+        next_event(monitor, zmq.EVENT_DISCONNECTED)  # the broker hung up
     assert not big.poll(0)
     after = stats(broker)
     assert (after["clients"], after["messages_in"]) == (before["clients"],
