@@ -68,6 +68,23 @@ _REMEMBERED = frozenset({"say", "whisper", "msg", "broadcast"})
 # --- State -------------------------------------------------------------------------------
 
 
+@dataclass
+class Bucket:
+    """A token bucket: how many requests may still be made at once, as of when."""
+
+    tokens: float
+    refilled: float
+
+    def take(self, now: float, rate: float, burst: int) -> bool:
+        """Spend one token if there is one: ``burst`` at once, then ``rate`` a second."""
+        self.tokens = min(burst, self.tokens + (now - self.refilled) * rate)
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 @dataclass(eq=False)
 class Session:
     """One connected client, known by its routing id; a user once it has a nickname."""
@@ -78,8 +95,7 @@ class Session:
     identity: str | None = None  # the CURVE key it authenticated with (z85), if any
     name: str | None = None
     rooms: dict[str, Room] = field(default_factory=dict)  # insertion-ordered set
-    tokens: float = 0.0  # rate limit: requests it may still make at once...
-    last_refill: float = 0.0  # ...as of this time
+    bucket: Bucket = field(default_factory=lambda: Bucket(0.0, 0.0))  # its rate limit
     password_checks: list[float] = field(default_factory=list)  # when, in the last minute
 
 
@@ -139,7 +155,8 @@ class Chat:
         self._answers: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
         self._request_key: tuple[str, int] | None = None  # (client id, request id) at hand
         self._password_checks: deque[float] = deque()  # when the last few were made
-        self._spent: OrderedDict[bytes, Session] = OrderedDict()  # ended, by routing id
+        # The rate buckets of ended sessions, by routing id: a new hello does not refill.
+        self._spent: OrderedDict[bytes, Bucket] = OrderedDict()
         for stored in store.rooms():
             room = Room(stored.name, stored.created, stored.creator, stored.last_seq)
             self._add_room(room)
@@ -198,7 +215,7 @@ class Chat:
                 raise self._too_fast()
             return None
         session.last_seen = self.clock()
-        if request.cmd != "ping" and not self._within_rate(session):
+        if request.cmd != "ping" and not self._within_rate(session.bucket):
             raise self._too_fast()
         return session
 
@@ -319,12 +336,9 @@ class Chat:
                                     f"Server full ({self.max_clients} clients); try later")
             if replaced is not None:
                 self._end_session(replaced, "replaced")
-            new = Session(peer, client, self.clock(), identity, tokens=self.burst,
-                          last_refill=self.clock())
-            spent = self._spent.pop(peer, None)  # ending a session does not refill it
-            if spent is not None:
-                new.tokens, new.last_refill = spent.tokens, spent.last_refill
-            self.sessions[peer] = new
+            bucket = self._spent.pop(peer, None) or Bucket(self.burst, self.clock())
+            self.sessions[peer] = Session(peer, client, self.clock(), identity,
+                                          bucket=bucket)
             log.info("Client connected (%d online)", len(self.sessions))
         return {"inc": self.incarnation, "pub": self.pub_address,
                 "heartbeat": P.HEARTBEAT_INTERVAL, "timeout": self.peer_timeout,
@@ -497,18 +511,9 @@ class Chat:
         session.password_checks.append(now)
         self._password_checks.append(now)
 
-    def _within_rate(self, session: Session | None) -> bool:
-        """Token bucket: ``burst`` requests at once, then ``rate`` a second."""
-        if self.rate <= 0 or session is None:
-            return True
-        now = self.clock()
-        session.tokens = min(self.burst,
-                             session.tokens + (now - session.last_refill) * self.rate)
-        session.last_refill = now
-        if session.tokens < 1:
-            return False
-        session.tokens -= 1
-        return True
+    def _within_rate(self, bucket: Bucket | None) -> bool:
+        return self.rate <= 0 or bucket is None or bucket.take(self.clock(), self.rate,
+                                                               self.burst)
 
     def _take_name(self, session: Session, name: str) -> None:
         if session.name == name:
@@ -584,7 +589,7 @@ class Chat:
         if session.name is not None:
             del self.users[session.name]
         del self.sessions[session.peer]
-        self._spent[session.peer] = session  # its rate bucket, for the next hello
+        self._spent[session.peer] = session.bucket
         if len(self._spent) > P.ANSWERS_REMEMBERED:
             self._spent.popitem(last=False)
         log.info("Client %s ended: %s (%d online)", session.name or "(anonymous)", reason,
