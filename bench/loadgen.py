@@ -34,6 +34,7 @@ from typing import Any
 
 import zmq
 
+from client import connection
 from schema import PROTOCOL_VERSION, keys, pack, unpack
 from schema import protocol as P
 
@@ -279,9 +280,7 @@ class Worker:
                 continue
             if self.cfg.server_key is not None:
                 keys.curve_client(sock, self.cfg.server_key, pair)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+            connection.tune(sock)
         c.dealer.setsockopt(zmq.RECONNECT_IVL, 100)
         c.dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         # Not the real client's: when thousands connect at once, a connection the broker's

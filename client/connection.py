@@ -80,6 +80,17 @@ def _pub_address(advertised: str, server: str) -> str:
     return advertised
 
 
+def tune(sock: zmq.Socket) -> None:
+    """Options every client socket gets (the benchmark's simulated clients' too)."""
+    sock.setsockopt(zmq.LINGER, 0)
+    # Pings tell us within seconds that the broker is silent; these slower ZMTP heartbeats
+    # only make libzmq drop and redial a connection that went dead without a FIN (a
+    # vanished host), which nothing else would notice. Every one of them costs the broker
+    # a CURVE box and a syscall, times every client it has.
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 5000)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
+
+
 class Connection:
     def __init__(self, server: str, *, server_key: bytes | None = None,
                  identity: keys.KeyPair | None = None, ctx: zmq.Context | None = None,
@@ -103,12 +114,7 @@ class Connection:
                 keys.curve_client(sock, server_key, identity)
         self.secure = server_key is not None
         for sock in (self.dealer, self.sub):
-            sock.setsockopt(zmq.LINGER, 0)
-            # Pings tell us within seconds that the broker is silent; these slower ZMTP
-            # heartbeats only make libzmq drop and redial a connection that went dead
-            # without a FIN (a vanished host), which nothing else would notice.
-            sock.setsockopt(zmq.HEARTBEAT_IVL, 5000)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
+            tune(sock)
         # Reconnect by ourselves, backing off from 0.1 s to 2 s between attempts.
         self.dealer.setsockopt(zmq.RECONNECT_IVL, 100)
         self.dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
