@@ -1,7 +1,7 @@
 """A load process: many zchat clients in one OS process, one poller over all their sockets.
 
 Each simulated client speaks the real protocol with the project's own code (``schema.pack``
-and ``unpack``, the request and reply shapes of ``schema.protocol``, CURVE through
+and ``messages``, the request and reply shapes of ``schema.protocol``, CURVE through
 ``schema.keys.curve_client``) and follows the room rules of ``client.connection``: subscribe
 to the topic the join reply gives, keep each room's ``seq``, fetch a gap with
 ``history(after=..., before=...)``, follow a ``rekey``, ping when it has sent nothing for
@@ -35,7 +35,7 @@ from typing import Any
 import zmq
 
 from client import connection
-from schema import PROTOCOL_VERSION, keys, pack, unpack
+from schema import PROTOCOL_VERSION, keys, messages, pack
 from schema import protocol as P
 
 from .plan import ClientSpec
@@ -326,11 +326,11 @@ class Worker:
             if is_sub:
                 # [topic, event]: the frames of one message arrive together. (Cheaper than
                 # recv_multipart, whose RCVMORE check costs as much as the rest here.)
-                events = unpack(recv(NOBLOCK))  # a room's events of one broker turn
-                for event in events if isinstance(events, list) else ():
+                for event in messages(recv(NOBLOCK)):  # a room's events of one turn
                     self.room_event(c, event)
             else:
-                self.from_broker(c, unpack(frame))
+                for message in messages(frame):  # our replies and direct events of one turn
+                    self.from_broker(c, message)
 
     def drain(self, c: Client) -> None:
         """Read what waits on a client that is not in the poller."""
@@ -341,7 +341,8 @@ class Worker:
                 frame = recv(NOBLOCK)
             except zmq.Again:
                 return
-            self.from_broker(c, unpack(frame))
+            for message in messages(frame):
+                self.from_broker(c, message)
 
     def read_handshakes(self, now: int) -> None:
         """Idle clients are not in the poller (thousands would slow every poll): while
@@ -358,9 +359,7 @@ class Worker:
 
     # -- what arrives ---------------------------------------------------------------------
 
-    def from_broker(self, c: Client, message: Any) -> None:
-        if not isinstance(message, dict):
-            return
+    def from_broker(self, c: Client, message: dict[str, Any]) -> None:
         if "re" in message:
             rid = message["re"]
             if rid == 0:  # a ping's answer
@@ -425,9 +424,7 @@ class Worker:
             c.lost_session = True
             self.expired += 1
 
-    def room_event(self, c: Client, ev: Any) -> None:
-        if not isinstance(ev, dict):
-            return
+    def room_event(self, c: Client, ev: dict[str, Any]) -> None:
         view = c.views.get(ev.get("room"))  # type: ignore[arg-type]
         if view is None:
             return

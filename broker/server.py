@@ -7,14 +7,17 @@ One thread, three sockets:
   it names a live room topic (see ``_drain_subscriptions`` for the one trap).
 * ``control`` (ROUTER, answering the admin tool's REQ): operator commands.
 
-Each turn drains what is ready, commits the store once, then sends. Sends never block:
-a peer that cannot take a message is ended, never waited for.
+Each turn drains what is ready, commits the store once, then sends: one frame per room
+and one per client (an array of that turn's messages), since CURVE, TCP and waking a
+peer cost per frame, not per message. Sends never block: a peer that cannot take a
+frame is ended, never waited for.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator, Set
 
@@ -24,7 +27,7 @@ from schema import ProtocolError, decode, decode_admin, error, pack
 from schema import protocol as P
 
 from .auth import CHAT, CONTROL, ZAP_ENDPOINT, answer
-from .chat import Chat, Delivery, Publish, Send
+from .chat import Chat, Delivery, Publish
 
 log = logging.getLogger("zchat.broker")
 
@@ -32,9 +35,9 @@ BATCH = 512  # messages taken from one socket per turn, so no socket starves the
 # Subscription traffic is cheap to read, and grants wait for its queue to be seen empty
 # (see _drain_subscriptions): read far more of it per turn, so junk cannot hold them up.
 SUBSCRIPTION_BATCH = 16 * BATCH
-PUBLISH_BATCH = 100  # room events in one publisher frame at most...
-PUBLISH_TEXT = P.HISTORY_TEXT_MAX  # ...and characters of text (one event at least)
-# Messages queued for one peer that is not reading. What a subscriber misses it catches up
+FRAME_MESSAGES = 100  # messages in one frame at most...
+FRAME_TEXT = P.HISTORY_TEXT_MAX  # ...and characters of text (one message at least)
+# Frames queued for one peer that is not reading. What a subscriber misses it catches up
 # by seq, so its queue can be short; a client's replies and private messages cannot be
 # refetched, and a client whose queue is full is ended ("not reading").
 ROUTER_QUEUE, PUBLISHER_QUEUE = 1000, 1000
@@ -109,7 +112,8 @@ class Broker:
         while not self.stopping:
             wait = max(0.0, min(next_tick, next_expiry) - time.monotonic())
             try:
-                ready = dict(poller.poll(wait * 1000))
+                # Rounded up: pyzmq truncates a fraction of a millisecond to 0, a busy spin.
+                ready = dict(poller.poll(math.ceil(wait * 1000)))
             except zmq.ZMQError as exc:
                 if exc.errno == errno.EINTR:  # a signal; the handler set self.stopping
                     continue
@@ -153,19 +157,24 @@ class Broker:
 
     def _drain_requests(self) -> list[Delivery]:
         out: list[Delivery] = []
+        recv = self.router.recv  # frame by frame: recv_multipart costs twice as much
         for _ in range(BATCH):
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                peer = recv(_NOW)
             except zmq.Again:
                 break
+            # A message comes whole, so the request frame is there: the ROUTER put the
+            # routing id in front of at least one frame.
+            body = recv(_NOW, copy=False)
             self.chat.counters.frames_in += 1
-            peer = frames[0].bytes
             try:
-                if len(frames) != 2:
+                if body.more:
+                    while recv(_NOW, copy=False).more:
+                        pass
                     raise ProtocolError("malformed", "A request is exactly one frame")
                 # Who sent it is what CURVE proved at connect time, never the routing id.
-                identity = frames[1].get("User-Id") or None if self.secure else None
-                out += self.chat.handle(peer, decode(frames[1].bytes), identity)
+                identity = body.get("User-Id") or None if self.secure else None
+                out += self.chat.handle(peer, decode(body.bytes), identity)
             except ProtocolError as err:
                 out += self.chat.refuse(peer, err.rid, err)
         return out
@@ -226,37 +235,39 @@ class Broker:
     # -- sending --------------------------------------------------------------------------
 
     def _deliver(self, deliveries: Iterable[Delivery]) -> None:
-        """Send a turn's deliveries. Room events go out once per room: one frame holding
-        the turn's events of that room, in order, so fanning out (pipe writes, CURVE,
-        TCP) is paid per turn, not per message. Sends never block."""
+        """Send a turn's deliveries: each room's events in one frame, each client's
+        replies and private messages in one frame (more only past the frame bounds),
+        in the order they were made. Sends never block."""
         pending = list(deliveries)
         while pending:
             rooms: dict[bytes, list[dict]] = {}
-            direct: list[Send] = []
+            clients: dict[bytes, list[dict]] = {}
             for item in pending:
                 if isinstance(item, Publish):
                     rooms.setdefault(item.topic, []).append(item.body)
                 else:
-                    direct.append(item)
+                    clients.setdefault(item.peer, []).append(item.body)
             pending = []
             for topic, events in rooms.items():
                 for frame in _frames(events):
                     self.publisher.send(topic, _MORE)
                     self.publisher.send(pack(frame), _NOW)
                     self.chat.counters.frames_out += 1
-            for item in direct:
-                try:
-                    self.router.send(item.peer, _MORE)
-                    self.router.send(pack(item.body), _NOW)
-                    self.chat.counters.frames_out += 1
-                except zmq.ZMQError as exc:
-                    # EHOSTUNREACH: the peer is gone. EAGAIN: its queue is full because it
-                    # stopped reading; waiting would stall every other client, so end it.
-                    reason = ("unreachable" if exc.errno == errno.EHOSTUNREACH
-                              else "not reading")
-                    if item.peer in self.chat.sessions:
-                        pending += self.chat.gone(item.peer, reason)
-                        self.chat.store.commit()
+            for peer, messages in clients.items():
+                for frame in _frames(messages):
+                    try:
+                        self.router.send(peer, _MORE)
+                        self.router.send(pack(frame), _NOW)
+                        self.chat.counters.frames_out += 1
+                    except zmq.ZMQError as exc:
+                        # EHOSTUNREACH: the peer is gone. EAGAIN: its queue is full because
+                        # it stopped reading; waiting would stall every other client: end it.
+                        reason = ("unreachable" if exc.errno == errno.EHOSTUNREACH
+                                  else "not reading")
+                        if peer in self.chat.sessions:
+                            pending += self.chat.gone(peer, reason)
+                            self.chat.store.commit()
+                        break
 
     def _farewell(self) -> None:
         log.info("Shutting down")
@@ -266,16 +277,20 @@ class Broker:
             sock.close()
 
 
-def _frames(events: list[dict]) -> Iterator[list[dict]]:
-    """A room's events of one turn, cut into frames within the publishing bounds."""
+def _frames(messages: list[dict]) -> Iterator[list[dict]]:
+    """One peer's (or room's) messages of a turn, cut into frames within the bounds, so a
+    peer that stops reading is ended before its queue holds much more than a history."""
+    if len(messages) == 1:  # the common case, and one message always makes one frame
+        yield messages
+        return
     frame: list[dict] = []
     text = 0
-    for event in events:
-        size = P.text_weight(event)
-        if frame and (len(frame) == PUBLISH_BATCH or text + size > PUBLISH_TEXT):
+    for message in messages:
+        size = P.text_weight(message)
+        if frame and (len(frame) == FRAME_MESSAGES or text + size > FRAME_TEXT):
             yield frame
             frame, text = [], 0
-        frame.append(event)
+        frame.append(message)
         text += size
     if frame:
         yield frame

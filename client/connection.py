@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from schema import PROTOCOL_VERSION, keys, pack, unpack
+from schema import PROTOCOL_VERSION, keys, messages, pack
 from schema import protocol as P
 
 CATCH_UP_PAGE = P.HISTORY_PAGE_MAX
@@ -162,13 +162,16 @@ class Connection:
                 raise keys.handshake_failure(monitor, self.server)
             if self.dealer not in ready:
                 continue
-            reply = self._decode(self.dealer.recv())
-            if reply is None or reply.get("re") != rid:
-                continue
-            if not reply.get("ok"):
-                raise Refused(str(reply.get("code")), str(reply.get("error")))
-            self._session_opened(reply)
-            return reply
+            frame = messages(self.dealer.recv())
+            for k, reply in enumerate(frame):
+                if reply.get("re") != rid:
+                    continue
+                if not reply.get("ok"):
+                    raise Refused(str(reply.get("code")), str(reply.get("error")))
+                self._session_opened(reply)
+                for message in frame[k + 1:]:  # whatever came with it (nothing, today)
+                    self._from_broker(message)
+                return reply
         hint = " (is --server-key the broker's key?)" if self.secure else ""
         raise Unreachable(f"No broker answered at {self.server} within {timeout:g} s{hint}")
 
@@ -226,20 +229,17 @@ class Connection:
                 frame = self.dealer.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            self._from_broker(frame)
+            self._heard()
+            for message in messages(frame):  # our replies and direct events of one turn
+                self._from_broker(message)
         while not self.closed:
             try:
                 frames = self.sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
             if len(frames) == 2:
-                try:
-                    events = unpack(frames[1])  # a room's events of one broker turn
-                except Exception:
-                    continue
-                for event in events if isinstance(events, list) else ():
-                    if isinstance(event, dict):
-                        self._from_room(event)
+                for event in messages(frames[1]):  # a room's events of one broker turn
+                    self._from_room(event)
         if not self.closed:
             self._housekeeping()
         events = list(self._events)
@@ -268,27 +268,18 @@ class Connection:
         self._last_sent = self.clock()
         return rid
 
-    @staticmethod
-    def _decode(frame: bytes) -> dict[str, Any] | None:
-        try:
-            message = unpack(frame)
-        except Exception:
-            return None
-        return message if isinstance(message, dict) else None
-
     def _emit(self, kind: str, **data: Any) -> None:
         self._events.append(Event(kind, data))
 
     # -- what arrives over the DEALER -----------------------------------------------------
 
-    def _from_broker(self, frame: bytes) -> None:
+    def _heard(self) -> None:
         self._last_heard = self.clock()
         if self.lost:
             self.lost = False
             self._emit("restored", server=self.server)
-        message = self._decode(frame)
-        if message is None:
-            return
+
+    def _from_broker(self, message: dict[str, Any]) -> None:
         if "re" in message:
             if message["re"] == 0 and self._ping_sent is not None:
                 self._round_trip = self._last_heard - self._ping_sent

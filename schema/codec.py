@@ -32,7 +32,7 @@ class Request:
     retry: bool = False
 
 
-def pack(message: Mapping[str, Any]) -> bytes:
+def pack(message: Mapping[str, Any] | list[Mapping[str, Any]]) -> bytes:
     return msgpack.packb(message, use_bin_type=True)
 
 
@@ -53,6 +53,18 @@ def unpack(frame: bytes) -> Any:
 
 # fixext 4, fixext 8 and ext 8 (12 bytes) headers of type -1: the three timestamp forms.
 _TIMESTAMP_HEADERS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+
+
+def messages(frame: bytes) -> list[dict[str, Any]]:
+    """The messages in a frame from the broker: a reply frame or a room's frame is an
+    array of maps. Anything else (which a broker never sends) yields none."""
+    try:
+        decoded = unpack(frame)
+    except ProtocolError:
+        return []
+    if not isinstance(decoded, list):
+        return []
+    return [m for m in decoded if isinstance(m, dict)]
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:

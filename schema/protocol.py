@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_VERSION = 1
+# 2: every frame the broker sends a client is an array of messages (1 sent single maps).
+PROTOCOL_VERSION = 2
 
 # --- Limits ------------------------------------------------------------------------------
 # Every bound the broker enforces lives here so clients can check before sending.
@@ -133,10 +134,15 @@ def is_password(value: str) -> bool:
     return PASSWORD_MIN <= len(value) <= PASSWORD_MAX
 
 
-def text_weight(event: dict) -> int:
-    """What an event counts against a page's or frame's text budget."""
-    text = event.get("text")
-    return (len(text) if isinstance(text, str) else 0) + 64
+def text_weight(message: dict) -> int:
+    """What a message counts against a page's or frame's text budget: 64 for its fields,
+    plus its text and the text of the events it carries (a history page, a welcome)."""
+    text = message.get("text")
+    weight = 64 + (len(text) if isinstance(text, str) else 0)
+    for carried in (message.get("events"), message.get("history")):
+        if isinstance(carried, list):
+            weight += sum(text_weight(e) for e in carried if isinstance(e, dict))
+    return weight
 
 
 def is_reason(value: str) -> bool:

@@ -8,6 +8,9 @@ from collections.abc import Callable
 import msgpack
 import zmq
 
+from schema import messages
+from schema import protocol as P
+
 from .harness import Client, admin, admin_json, free_tcp_address, raw_socket, silent_listener
 
 UNREACHABLE_LIMIT = 4.0  # the spec says ~2 s; leave room for a loaded machine
@@ -117,18 +120,18 @@ def test_an_ejected_member_keeping_its_old_subscription_hears_nothing_more(broke
     ctx = zmq.Context()
     try:
         dealer = raw_socket(ctx, zmq.DEALER, broker)
-        dealer.send(msgpack.packb({"id": 1, "cmd": "hello", "version": 1}))
+        dealer.send(msgpack.packb({"id": 1, "cmd": "hello", "version": P.PROTOCOL_VERSION}))
         dealer.send(msgpack.packb({"id": 2, "cmd": "create", "room": "lounge", "name": "x"}))
         replies = {}
         while len(replies) < 2 and dealer.poll(5000):
-            message = msgpack.unpackb(dealer.recv())
-            replies[message.get("re")] = message
+            for message in messages(dealer.recv()):
+                replies[message.get("re")] = message
         topic = replies[2]["topic"]
         sub = raw_socket(ctx, zmq.SUB, broker, broker.pub)
         sub.setsockopt(zmq.SUBSCRIBE, topic)
         assert sub.poll(3000), "no tick for a granted room topic"  # the grant works
         assert admin(broker.control, "kill", "lounge").returncode == 0
-        assert dealer.poll(3000) and msgpack.unpackb(dealer.recv())["ev"] == "ejected"
+        assert dealer.poll(3000) and messages(dealer.recv())[0]["ev"] == "ejected"
         while sub.poll(200):  # a tick sent before the kill may still be on its way
             sub.recv_multipart()
         dave = clients()

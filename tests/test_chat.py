@@ -142,7 +142,7 @@ def lounge(chat) -> Chat:
 
 
 def test_hello_opens_a_session_and_tells_the_publisher_address_and_limits(chat):
-    reply = ok(chat, A, "hello", version=1, client="abc")
+    reply = ok(chat, A, "hello", version=P.PROTOCOL_VERSION, client="abc")
     assert reply["pub"] == PUB
     assert reply["inc"] == chat.incarnation
     assert reply["limits"]["nick"] == P.NICK_MAX
@@ -152,7 +152,7 @@ def test_hello_opens_a_session_and_tells_the_publisher_address_and_limits(chat):
 
 
 def test_hello_with_another_protocol_version_is_refused_without_a_session(chat):
-    reply = refused(chat, A, "hello", version=2)
+    reply = refused(chat, A, "hello", version=P.PROTOCOL_VERSION + 1)
     assert reply["code"] == "version"
     assert A not in chat.sessions
 
@@ -161,7 +161,7 @@ def test_hello_beyond_max_clients_is_refused_as_server_full(make_chat):
     chat = make_chat(max_clients=2)
     connect(chat, A)
     connect(chat, B)
-    reply = refused(chat, C, "hello", version=1)
+    reply = refused(chat, C, "hello", version=P.PROTOCOL_VERSION)
     assert reply["code"] == "server_full"
     assert "Server full" in reply["error"]
     assert set(chat.sessions) == {A, B}
@@ -180,7 +180,7 @@ def test_repeated_hello_keeps_the_session_and_its_name_even_when_full(make_chat)
     connect(chat, A, "alice")
     ok(chat, A, "create", room="lounge")
     session = chat.sessions[A]
-    ok(chat, A, "hello", version=1)
+    ok(chat, A, "hello", version=P.PROTOCOL_VERSION)
     assert chat.sessions[A] is session
     assert session.name == "alice"
     assert list(session.rooms) == ["lounge"]
@@ -201,7 +201,7 @@ def test_requests_before_hello_are_refused_with_no_session(chat, cmd, fields):
 def test_a_repeated_hello_is_a_sign_of_life(chat, clock):
     connect(chat, A)
     clock.advance(P.PEER_TIMEOUT - 1)
-    ok(chat, A, "hello", version=1)
+    ok(chat, A, "hello", version=P.PROTOCOL_VERSION)
     clock.advance(2)  # silent 2 s since the hello, 5 s since the first one
     chat.expire()
     assert A in chat.sessions
@@ -224,7 +224,7 @@ def test_ping_is_answered_with_an_empty_ok(chat):
 
 
 def test_every_reply_echoes_the_request_id(chat):
-    r = req("hello", version=1)
+    r = req("hello", version=P.PROTOCOL_VERSION)
     assert chat.handle(A, r)[0].body["re"] == r.id
 
 
@@ -921,7 +921,7 @@ def resend(chat: Chat, peer: bytes, rid: int, cmd: str, retry: bool = True,
 @pytest.fixture
 def resumable(chat) -> Chat:
     """alice (A, client id 'cafe') and bob (B) in lounge."""
-    ok(chat, A, "hello", version=1, client="cafe")
+    ok(chat, A, "hello", version=P.PROTOCOL_VERSION, client="cafe")
     ok(chat, A, "login", name="alice")
     ok(chat, A, "create", room="lounge")
     connect(chat, B, "bob")
@@ -959,7 +959,7 @@ def test_a_retried_say_is_recognised_in_the_store_after_a_restart(tmp_path, make
     path = str(tmp_path / "chat.db")
     first_store = SqliteStore(path)
     first = make_chat(store=first_store, token=tokens("first"))
-    ok(first, A, "hello", version=1, client="cafe")
+    ok(first, A, "hello", version=P.PROTOCOL_VERSION, client="cafe")
     ok(first, A, "login", name="alice")
     ok(first, A, "create", room="lounge")
     [reply, _] = resend(first, A, 77, "say", retry=False, room="lounge", text="kept")
@@ -968,7 +968,7 @@ def test_a_retried_say_is_recognised_in_the_store_after_a_restart(tmp_path, make
     store = SqliteStore(path)
     try:
         chat = make_chat(store=store, token=tokens("second"))
-        ok(chat, A, "hello", version=1, client="cafe")
+        ok(chat, A, "hello", version=P.PROTOCOL_VERSION, client="cafe")
         ok(chat, A, "join", room="lounge", name="alice")
         seq = chat.rooms["lounge"].seq
         [again] = resend(chat, A, 77, "say", room="lounge", text="kept")
@@ -988,7 +988,7 @@ def test_the_same_id_without_the_retry_mark_is_carried_out_again(resumable):
 
 def test_a_retry_from_another_client_id_is_carried_out(resumable):
     chat = resumable
-    ok(chat, C, "hello", version=1, client="beef")
+    ok(chat, C, "hello", version=P.PROTOCOL_VERSION, client="beef")
     ok(chat, C, "join", room="lounge", name="carol")
     resend(chat, A, 504, "say", retry=False, room="lounge", text="alice's")
     out = resend(chat, C, 504, "say", room="lounge", text="carol's")
@@ -1042,9 +1042,9 @@ BAD_REQUESTS = [
     (E, "ping", {}, "no_session"),
     (E, "login", {"name": "eve"}, "no_session"),
     (E, "create", {"room": "attic", "name": "eve"}, "no_session"),
-    (E, "hello", {"version": 2}, "version"),
-    (E, "hello", {"version": 1}, "server_full"),
-    (B, "hello", {"version": 2}, "version"),
+    (E, "hello", {"version": P.PROTOCOL_VERSION + 1}, "version"),
+    (E, "hello", {"version": P.PROTOCOL_VERSION}, "server_full"),
+    (B, "hello", {"version": P.PROTOCOL_VERSION + 1}, "version"),
     (B, "login", {"name": "alice"}, "name_taken"),
     (B, "login", {"name": "bobby"}, "already_logged_in"),
     (D, "logout", {}, "not_logged_in"),
@@ -1148,7 +1148,7 @@ def test_a_retried_leave_from_a_new_session_is_carried_out_not_replayed(resumabl
     chat = resumable
     ok(chat, A, "leave", room="lounge")  # answered, but say the answer was lost...
     chat.gone(A)  # ...as the session ended
-    ok(chat, A, "hello", version=1, client="cafe")  # the client resumes
+    ok(chat, A, "hello", version=P.PROTOCOL_VERSION, client="cafe")  # the client resumes
     ok(chat, A, "join", room="lounge", name="alice")
     [reply] = [d for d in resend(chat, A, 3, "leave", room="lounge") if isinstance(d, Send)
                and d.peer == A][:1]
@@ -1160,14 +1160,14 @@ def test_ending_a_session_does_not_refill_its_rate_bucket(make_chat, clock):
     chat = make_chat(rate=20.0, burst=10)
     codes = []
     for _ in range(5):  # hello, say..., bye, over and over, at one instant
-        codes.append(chat.handle(A, req("hello", version=1))[0].body.get("code"))
+        codes.append(chat.handle(A, req("hello", version=P.PROTOCOL_VERSION))[0].body.get("code"))
         for _ in range(3):
             codes.append(chat.handle(A, req("login", name="alice"))[0].body.get("code"))
         codes.append(chat.handle(A, req("bye"))[0].body.get("code"))
     assert codes.count(None) == 1 + 10  # the first hello, then the burst once, not per session
     assert set(codes) == {None, "rate_limited"}
     clock.advance(1.0)  # the bucket refills with time, as ever
-    assert chat.handle(A, req("hello", version=1))[0].body["ok"]
+    assert chat.handle(A, req("hello", version=P.PROTOCOL_VERSION))[0].body["ok"]
 
 
 def test_one_guesser_cannot_use_up_the_password_checks_of_others(make_chat, clock):

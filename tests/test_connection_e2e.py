@@ -107,7 +107,7 @@ class ScriptedBroker:
     def answer(self, message: dict, code: str | None = None, **fields) -> None:
         body = ({"re": message["id"], "ok": False, "code": code, "error": code} if code
                 else {"re": message["id"], "ok": True, **fields})
-        self.sock.send_multipart([self.peer, pack(body)])
+        self.sock.send_multipart([self.peer, pack([body])])  # a frame holds an array
 
     def welcome(self, message: dict) -> None:
         if message["cmd"] == "hello":

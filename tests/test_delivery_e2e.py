@@ -16,7 +16,8 @@ import msgpack
 import pytest
 import zmq
 
-from schema import pack, unpack
+from schema import messages, pack
+from schema import protocol as P
 
 from .harness import Broker, Client, raw_socket, start_broker
 
@@ -221,14 +222,40 @@ def test_thousands_of_connect_disconnect_cycles_do_not_freeze_the_broker(broker)
     try:
         for _ in range(300):  # sessions that say hello, are answered, and vanish
             s = raw_socket(ctx, zmq.DEALER, broker)
-            s.send(pack({"id": 1, "cmd": "hello", "version": 1}))
+            s.send(pack({"id": 1, "cmd": "hello", "version": P.PROTOCOL_VERSION}))
             assert s.poll(5000), "the broker stopped answering"
             s.recv()
             s.close()
         probe = raw_socket(ctx, zmq.DEALER, broker)
-        probe.send(pack({"id": 7, "cmd": "hello", "version": 1}))
+        probe.send(pack({"id": 7, "cmd": "hello", "version": P.PROTOCOL_VERSION}))
         assert probe.poll(5000), "the broker stopped answering"
-        assert unpack(probe.recv())["ok"] is True
+        assert messages(probe.recv())[0]["ok"] is True
         probe.close()
+    finally:
+        ctx.term()
+
+
+def test_a_burst_of_requests_is_answered_in_order_in_array_frames_within_bounds(broker):
+    """Replies are packed per client per turn: whatever the packing, each frame is an
+    array of at most 100 messages and the replies come in the order the requests went."""
+    ctx = zmq.Context()
+    try:
+        dealer = raw_socket(ctx, zmq.DEALER, broker)
+        dealer.send(pack({"id": 1, "cmd": "hello", "version": P.PROTOCOL_VERSION}))
+        dealer.send(pack({"id": 2, "cmd": "login", "name": "burst"}))
+        for rid in range(3, 603):  # one burst, so the broker reads many in one turn
+            dealer.send(pack({"id": rid, "cmd": "ping"}))
+        answered: list[int] = []
+        sizes: list[int] = []
+        while len(answered) < 602:
+            assert dealer.poll(5000), f"{len(answered)} of 602 answered"
+            frame = msgpack.unpackb(dealer.recv())
+            assert isinstance(frame, list) and 1 <= len(frame) <= 100, frame
+            sizes.append(len(frame))
+            answered += [reply["re"] for reply in frame if reply["ok"]]
+        assert answered == list(range(1, 603))
+        assert not dealer.poll(300), "a reply came twice"
+        print(f"602 replies in {len(sizes)} frames, largest {max(sizes)}")
+        dealer.close()
     finally:
         ctx.term()

@@ -18,6 +18,9 @@ import msgpack
 import pytest
 import zmq
 
+from schema import messages
+from schema import protocol as P
+
 from .harness import (
     Broker,
     admin_json,
@@ -51,9 +54,9 @@ def answer(sock: zmq.Socket, *frames: bytes, timeout: float = 3.0) -> dict[str, 
     while (left := deadline - time.monotonic()) > 0:
         if not sock.poll(left * 1000):
             break
-        message = msgpack.unpackb(sock.recv(), raw=False)
-        if "re" in message:
-            return message
+        for message in messages(sock.recv()):
+            if "re" in message:
+                return message
     return None
 
 
@@ -66,7 +69,7 @@ def ask_control(sock: zmq.Socket, frame: bytes, timeout: float = 3.0) -> dict | 
 
 
 def hello(sock: zmq.Socket) -> dict[str, Any]:
-    reply = answer(sock, pack({"id": 1, "cmd": "hello", "version": 1}))
+    reply = answer(sock, pack({"id": 1, "cmd": "hello", "version": P.PROTOCOL_VERSION}))
     assert reply is not None and reply["ok"], reply
     return reply
 
@@ -222,7 +225,7 @@ def test_control_socket_answers_every_bad_request_with_an_error_code(broker, ctx
 def test_garbage_on_every_socket_leaves_the_broker_alive_and_serving(broker, clients, ctx):
     # The router: a REQ (wrong envelope), oversized and multi-frame messages.
     req = raw_socket(ctx, zmq.REQ, broker)
-    req.send(pack({"id": 1, "cmd": "hello", "version": 1}))
+    req.send(pack({"id": 1, "cmd": "hello", "version": P.PROTOCOL_VERSION}))
     big = raw_socket(ctx, zmq.DEALER, broker)
     big.send(b"x" * (2 << 20))  # over the frame limit: dropped, that peer cut off
     multi = raw_socket(ctx, zmq.DEALER, broker)
@@ -267,7 +270,7 @@ def test_garbage_on_every_socket_leaves_the_broker_alive_and_serving(broker, cli
     "encrypted", pytest.param("plaintext", marks=pytest.mark.broker_args("--insecure"))])
 def test_raw_tcp_cannot_slip_a_request_past_the_handshake(broker, clients, ctx, mode):
     flags = ("--insecure",) if mode == "plaintext" else ()
-    login = zmtp10(pack({"id": 1, "cmd": "hello", "version": 1})) + zmtp10(
+    login = zmtp10(pack({"id": 1, "cmd": "hello", "version": P.PROTOCOL_VERSION})) + zmtp10(
         pack({"id": 2, "cmd": "login", "name": "intruder"}))
     # The same bytes do get a message into an unprotected ROUTER: the attack is real.
     plain = ctx.socket(zmq.ROUTER)
@@ -275,7 +278,7 @@ def test_raw_tcp_cannot_slip_a_request_past_the_handshake(broker, clients, ctx, 
     port = plain.bind_to_random_port("tcp://127.0.0.1")
     raw_tcp(f"tcp://127.0.0.1:{port}", b"\x01\x00" + login)
     assert plain.poll(2000) and plain.recv_multipart()[-1] == pack(
-        {"id": 1, "cmd": "hello", "version": 1})
+        {"id": 1, "cmd": "hello", "version": P.PROTOCOL_VERSION})
     # The broker's sockets refuse it.
     alice = clients(*flags)
     alice.enter("/create lounge alice")

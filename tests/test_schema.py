@@ -19,6 +19,7 @@ from schema import (
     decode,
     decode_admin,
     error,
+    messages,
     ok,
     pack,
     parse,
@@ -427,3 +428,34 @@ def test_decode_of_arbitrary_bytes_returns_a_request_or_raises_protocol_error(da
 @given(_packable | _request_like)
 def test_decode_of_arbitrary_msgpack_returns_a_request_or_raises_protocol_error(value):
     _decodes_or_refuses(msgpack.packb(value, use_bin_type=True))
+
+
+# --- broker frames: arrays of messages ----------------------------------------------------
+
+
+def test_messages_are_the_maps_of_an_array_frame_in_order():
+    frame = pack([{"re": 1, "ok": True}, {"ev": "dm", "text": "hi"}])
+    assert messages(frame) == [{"re": 1, "ok": True}, {"ev": "dm", "text": "hi"}]
+
+
+@pytest.mark.parametrize("frame", [
+    pack({"re": 1, "ok": True}),  # a single map is no broker frame (protocol 1 sent those)
+    b"\xc1",  # undecodable
+    b"",
+    pack("text"),
+    msgpack.packb(msgpack.ExtType(1, b"x")),
+])
+def test_messages_of_anything_but_an_array_are_none(frame):
+    assert messages(frame) == []
+
+
+def test_messages_skip_array_items_that_are_not_maps():
+    assert messages(pack([1, {"ev": "tick"}, "x", None])) == [{"ev": "tick"}]
+
+
+def test_text_weight_counts_the_text_a_message_carries_in_its_events():
+    event = {"ev": "msg", "text": "x" * 100}
+    assert P.text_weight(event) == 164
+    assert P.text_weight({"re": 1, "ok": True}) == 64
+    assert P.text_weight({"re": 1, "events": [event, event]}) == 64 + 2 * 164
+    assert P.text_weight({"re": 1, "history": [event], "text": None}) == 64 + 164
