@@ -36,7 +36,7 @@ BATCH = 512  # messages taken from one socket per turn, so no socket starves the
 # (see _drain_subscriptions): read far more of it per turn, so junk cannot hold them up.
 SUBSCRIPTION_BATCH = 16 * BATCH
 FRAME_MESSAGES = 100  # messages in one frame at most...
-FRAME_TEXT = P.HISTORY_TEXT_MAX  # ...and characters of text (one message at least)
+FRAME_BYTES = 128 << 10  # ...and bytes, unless it is a single message (a history page)
 # Frames queued for one peer that is not reading. What a subscriber misses it catches up
 # by seq, so its queue can be short; a client's replies and private messages cannot be
 # refetched, and a client whose queue is full is ended ("not reading").
@@ -251,13 +251,13 @@ class Broker:
             for topic, events in rooms.items():
                 for frame in _frames(events):
                     self.publisher.send(topic, _MORE)
-                    self.publisher.send(pack(frame), _NOW)
+                    self.publisher.send(frame, _NOW)
                     self.chat.counters.frames_out += 1
             for peer, messages in clients.items():
                 for frame in _frames(messages):
                     try:
                         self.router.send(peer, _MORE)
-                        self.router.send(pack(frame), _NOW)
+                        self.router.send(frame, _NOW)
                         self.chat.counters.frames_out += 1
                     except zmq.ZMQError as exc:
                         # EHOSTUNREACH: the peer is gone. EAGAIN: its queue is full because
@@ -277,20 +277,18 @@ class Broker:
             sock.close()
 
 
-def _frames(messages: list[dict]) -> Iterator[list[dict]]:
-    """One peer's (or room's) messages of a turn, cut into frames within the bounds, so a
-    peer that stops reading is ended before its queue holds much more than a history."""
-    if len(messages) == 1:  # the common case, and one message always makes one frame
-        yield messages
-        return
-    frame: list[dict] = []
-    text = 0
-    for message in messages:
-        size = P.text_weight(message)
-        if frame and (len(frame) == FRAME_MESSAGES or text + size > FRAME_TEXT):
-            yield frame
-            frame, text = [], 0
-        frame.append(message)
-        text += size
-    if frame:
+def _frames(messages: list[dict]) -> Iterator[bytes]:
+    """One peer's (or room's) messages of a turn, packed into frames within the bounds, so
+    a peer that stops reading is ended before its queue holds much more than histories."""
+    for start in range(0, len(messages), FRAME_MESSAGES):
+        yield from _packed(messages[start:start + FRAME_MESSAGES])
+
+
+def _packed(messages: list[dict]) -> Iterator[bytes]:
+    frame = pack(messages)
+    if len(frame) <= FRAME_BYTES or len(messages) == 1:
         yield frame
+    else:  # rare (large texts): halve until each part fits
+        half = len(messages) // 2
+        yield from _packed(messages[:half])
+        yield from _packed(messages[half:])

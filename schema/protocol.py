@@ -134,15 +134,10 @@ def is_password(value: str) -> bool:
     return PASSWORD_MIN <= len(value) <= PASSWORD_MAX
 
 
-def text_weight(message: dict) -> int:
-    """What a message counts against a page's or frame's text budget: 64 for its fields,
-    plus its text and the text of the events it carries (a history page, a welcome)."""
-    text = message.get("text")
-    weight = 64 + (len(text) if isinstance(text, str) else 0)
-    for carried in (message.get("events"), message.get("history")):
-        if isinstance(carried, list):
-            weight += sum(text_weight(e) for e in carried if isinstance(e, dict))
-    return weight
+def text_weight(event: dict) -> int:
+    """What an event counts against a history page's text budget."""
+    text = event.get("text")
+    return (len(text) if isinstance(text, str) else 0) + 64
 
 
 def is_reason(value: str) -> bool:
@@ -169,9 +164,12 @@ class Field:
 
 
 def _names(value: list) -> bool:
-    return 0 < len(value) <= RECIPIENTS_MAX and all(
-        isinstance(v, str) and is_nickname(v) for v in value
-    )
+    if not 0 < len(value) <= RECIPIENTS_MAX:
+        return False
+    for name in value:  # a loop, not all(...): this runs for every private message
+        if type(name) is not str or not is_nickname(name):
+            return False
+    return True
 
 
 def _page(value: int) -> bool:

@@ -1,37 +1,42 @@
-"""How the broker cuts a turn's messages for one peer or room into frames (no sockets)."""
+"""How the broker packs a turn's messages for one peer or room into frames (no sockets)."""
 
 from __future__ import annotations
 
-from broker.server import FRAME_MESSAGES, FRAME_TEXT, _frames
+from broker.server import FRAME_BYTES, FRAME_MESSAGES, _frames
+from schema import messages
 
 
 def say(k: int, size: int = 10) -> dict:
     return {"ev": "msg", "seq": k, "text": "x" * size}
 
 
+def unpacked(frames: list[bytes]) -> list[list[dict]]:
+    return [messages(f) for f in frames]
+
+
 def test_a_single_message_is_a_frame_of_one_however_large():
-    huge = say(1, FRAME_TEXT * 2)
-    assert list(_frames([huge])) == [[huge]]
+    huge = say(1, FRAME_BYTES * 2)
+    assert unpacked(list(_frames([huge]))) == [[huge]]
 
 
 def test_frames_keep_the_order_and_hold_at_most_frame_messages():
     batch = [say(k) for k in range(FRAME_MESSAGES * 2 + 5)]
-    frames = list(_frames(batch))
+    frames = unpacked(list(_frames(batch)))
     assert [len(f) for f in frames] == [FRAME_MESSAGES, FRAME_MESSAGES, 5]
     assert [m for f in frames for m in f] == batch
 
 
-def test_a_frame_ends_before_its_text_would_pass_the_budget():
-    size = FRAME_TEXT // 3  # two fit in a frame; the 64 counted per message keeps out a third
-    batch = [say(k, size) for k in range(7)]
+def test_frames_of_several_messages_stay_within_the_byte_bound():
+    batch = [say(k, FRAME_BYTES // 5) for k in range(12)]
     frames = list(_frames(batch))
-    assert [m for f in frames for m in f] == batch
-    for frame in frames:
-        assert sum(len(m["text"]) + 64 for m in frame) <= FRAME_TEXT
-    assert all(len(f) == 2 for f in frames[:-1])
+    assert all(len(f) <= FRAME_BYTES for f in frames)
+    assert len(frames) > 2  # cut, not sent whole
+    assert [m for f in unpacked(frames) for m in f] == batch
 
 
 def test_an_oversized_message_among_others_goes_alone():
-    big = say(2, FRAME_TEXT)
-    batch = [say(1), big, say(3)]
-    assert list(_frames(batch)) == [[batch[0]], [big], [batch[2]]]
+    big = say(2, FRAME_BYTES)
+    batch = [say(1), big, say(3), say(4)]
+    frames = unpacked(list(_frames(batch)))
+    assert [big] in frames
+    assert [m for f in frames for m in f] == batch

@@ -452,10 +452,3 @@ def test_messages_of_anything_but_an_array_are_none(frame):
 def test_messages_skip_array_items_that_are_not_maps():
     assert messages(pack([1, {"ev": "tick"}, "x", None])) == [{"ev": "tick"}]
 
-
-def test_text_weight_counts_the_text_a_message_carries_in_its_events():
-    event = {"ev": "msg", "text": "x" * 100}
-    assert P.text_weight(event) == 164
-    assert P.text_weight({"re": 1, "ok": True}) == 64
-    assert P.text_weight({"re": 1, "events": [event, event]}) == 64 + 2 * 164
-    assert P.text_weight({"re": 1, "history": [event], "text": None}) == 64 + 164
