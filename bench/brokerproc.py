@@ -45,7 +45,8 @@ def env() -> dict[str, str]:
 
 class BrokerProcess:
     def __init__(self, directory: str, *, profile: str | None = None,
-                 profile_out: str | None = None, insecure: bool = False):
+                 profile_out: str | None = None, insecure: bool = False,
+                 module: str = "broker"):
         self.directory = directory
         self.keys_dir = os.path.join(directory, "keys")
         self.db = os.path.join(directory, "zchat.db")
@@ -63,7 +64,7 @@ class BrokerProcess:
                        profile_out or "broker-pyinstrument.txt"]
         elif profile is not None:
             raise ValueError(f"unknown profiler {profile!r}")
-        self.command = [*prefix, "-m", "broker", *self.args]
+        self.command = [*prefix, "-m", module, *self.args]
         self.lines: deque[str] = deque(maxlen=200)
         self._ready = threading.Event()
         self.router = self.pub = self.control = ""

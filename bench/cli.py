@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--insecure", action="store_true",
                    help="experiment: a plaintext broker, to see what encryption costs "
                         "(never the published figures)")
+    p.add_argument("--floor", action="store_true",
+                   help="experiment: run the workload against bench/floor.py, a relay with "
+                        "none of the broker's checks or storage, to show the design's floor")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                    rate=args.rate, clients=args.clients or 1000, stuck=args.stuck,
                    window=args.window, size=args.size, members=args.members,
                    profile=args.profile, progress=not args.quiet, insecure=args.insecure,
-                   idle_sub=args.idle_sub)
+                   floor=args.floor, idle_sub=args.idle_sub)
     if args.profile:
         ext = "prof" if args.profile == "cprofile" else "txt"
         target = Path(args.profile_out or out / f"broker-{base.workload}.{ext}").resolve()

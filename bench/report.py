@@ -14,7 +14,8 @@ from .brokerproc import ROOT
 
 COLUMNS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("workload", lambda r: r["workload"] + (" +stuck" if r.get("stuck") else "")
-     + ("" if r.get("curve", True) else " (no CURVE)")),
+     + ("" if r.get("curve", True) else " (no CURVE)")
+     + (" (floor relay)" if r.get("floor") else "")),
     ("mode", lambda r: r["mode"]),
     ("clients", lambda r: r["clients"]),
     ("inbound msg/s", lambda r: f"{r['inbound_per_s']:,.0f}"),
@@ -79,7 +80,8 @@ def targets(results: list[dict[str, Any]]) -> str:
     for what, applies, measure, met in TARGETS:
         found = False
         for r in results:
-            if r.get("curve", True) and not r.get("profile") and applies(r):
+            if (r.get("curve", True) and not r.get("profile") and not r.get("floor")
+                    and applies(r)):
                 found = True
                 value = measure(r)
                 shown = " / ".join(map(str, value)) if isinstance(value, tuple) else value

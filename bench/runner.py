@@ -48,6 +48,7 @@ class Options:
     profile: str | None = None
     profile_out: str | None = None
     insecure: bool = False  # plaintext broker: only to measure what CURVE costs
+    floor: bool = False  # bench/floor.py instead of the broker: the design's floor
     idle_sub: bool = False  # crowd: idle clients connect a SUB as well
     progress: bool = True
     seed: int = 1
@@ -116,7 +117,8 @@ def run(opts: Options) -> dict[str, Any]:
                 members=opts.members)
     tmp = tempfile.mkdtemp(prefix="zchat-bench-")
     broker = BrokerProcess(tmp, profile=opts.profile, profile_out=opts.profile_out,
-                           insecure=opts.insecure)
+                           insecure=opts.insecure,
+                           module="bench.floor" if opts.floor else "broker")
     procs: list[_Proc] = []
     frozen: list[_Proc] = []
     try:
@@ -362,10 +364,13 @@ def _result(opts: Options, plan: Plan, reports: list[dict[str, Any]],
         "broker_rss_mib": round(mem.get("VmRSS", 0) / 1024, 1),
         "broker_rss_max_mib": round(max(rss_max, mem.get("VmHWM", 0)) / 1024, 1),
         "broker_rss_after_setup_mib": round(setup_rss.get("VmRSS", 0) / 1024, 1),
-        "settings": ("PLAINTEXT (--insecure experiment)" if opts.insecure else "CURVE on")
-        + "; SQLite persistence on (WAL, synchronous=NORMAL); per-client rate limit off "
-          "(--rate 0)",
+        "settings": ("FLOOR RELAY (--floor experiment: no checks, no store); "
+                     if opts.floor else "")
+        + ("PLAINTEXT (--insecure experiment)" if opts.insecure else "CURVE on")
+        + ("" if opts.floor else "; SQLite persistence on (WAL, synchronous=NORMAL); "
+                                 "per-client rate limit off (--rate 0)"),
         "curve": not opts.insecure,
+        "floor": opts.floor,
         "profile": opts.profile,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "loadavg": _loadavg(),

@@ -60,3 +60,19 @@ def test_plans_say_who_must_receive_what():
     assert "stuck0" in crowd.rooms["busy"] and "stuck0" not in crowd.receivers_of(0)
     dm = make("dm")
     assert len(dm.dm_pool) == 100 and all(s.room is None for s in dm.senders)
+
+
+def test_the_floor_relay_carries_a_tiny_dm_run_and_is_labelled_an_experiment(tmp_path):
+    """bench/floor.py (the design's floor) keeps speaking enough of the protocol."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "dm", "--floor", "--members", "6", "--warmup", "0.5",
+         "--duration", "1", "--rate", "100", "--out", str(tmp_path), "--quiet"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads((tmp_path / "results.jsonl").read_text())
+    assert r["floor"] is True and "FLOOR RELAY" in r["settings"]
+    assert r["sent"] > 0 and r["lost"] == 0 and r["duplicated"] == 0 and r["errors"] == 0
+    table = (tmp_path / "results.md").read_text()
+    assert "| dm (floor relay) |" in table
+    assert "dm: broker CPU ≤ 8 µs per inbound message | not measured" in table
