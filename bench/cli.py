@@ -171,6 +171,8 @@ def suite(base: Options, rates: list[float], crowd: int) -> list[Options]:
         replace(closed, workload="fanout", rate=2000.0, stuck=1),
     ]
     runs += [replace(closed, workload="fanout", rate=r) for r in rates if r != 2000]
+    # The same closed loops against the bare relay: the floor under the CPU targets.
+    runs += [replace(closed, workload=w, floor=True) for w in ("fanout", "rooms", "dm")]
     return runs
 
 

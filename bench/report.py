@@ -155,8 +155,13 @@ def markdown(results: list[dict[str, Any]], command: str, plot_name: str | None 
         "that window; split into its Python thread and libzmq's I/O thread. *Lost* counts "
         "messages a receiver never got, *caught up* those it fetched from history after "
         "its subscription dropped them (a real client shows them, in order).",
-        "", table(results), "",
     ]
+    if any(r.get("floor") for r in results):
+        parts += ["*(floor relay)* rows are no broker: the same load against "
+                  "`bench/floor.py`, which only decodes, forwards and encodes (CURVE and "
+                  "framing as the broker's; no checks, no store). They show what this design "
+                  "costs before any chat logic, and never count for a target."]
+    parts += ["", table(results), ""]
     goals = targets(results)
     if goals:
         parts += ["## Targets", "", goals, ""]
