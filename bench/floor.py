@@ -3,7 +3,7 @@
 ``python -m bench WORKLOAD --floor`` runs the workload against this instead of the broker.
 It has the broker's sockets, CURVE, framing (one array frame per client and per room per
 loop turn) and enough of the protocol for the load processes: hello, login, create, join,
-say, msg, ping and ticks. It has none of the broker's guarantees: no validation, no store,
+say, msg, ping, ticks and (empty) history. It has none of the broker's guarantees: no validation, no store,
 no sessions by key, no retries remembered, no rate limits, no subscription checks.
 
 What it costs per message is what any Python broker on pyzmq pays before it checks or
@@ -115,6 +115,8 @@ class Relay:
                  "inc": self.inc, "name": name})
             reply.update(room=m["room"], name=name, topic=room[0], seq=room[1], inc=self.inc,
                          members=[], history=[])
+        elif cmd == "history":  # joins published before a member subscribed: not kept
+            reply.update(room=m["room"], events=[])
         elif cmd != "ping":
             reply = {"re": m["id"], "ok": False, "code": "unknown_command", "error": cmd}
         replies.setdefault(peer, []).append(reply)

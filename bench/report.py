@@ -161,6 +161,7 @@ def markdown(results: list[dict[str, Any]], command: str, plot_name: str | None 
                   "`bench/floor.py`, which only decodes, forwards and encodes (CURVE and "
                   "framing as the broker's; no checks, no store). They show what this design "
                   "costs before any chat logic, and never count for a target."]
+        parts.insert(-1, "")
     parts += ["", table(results), ""]
     goals = targets(results)
     if goals:

@@ -257,3 +257,77 @@ def test_seq_of_survives_a_reopen(tmp_path):
         assert reopened.seq_of("lounge", "cafe:7") == 1
     finally:
         reopened.close()
+
+
+# --- checkpoints off the loop thread ------------------------------------------------------
+
+
+def wal_frames(path: Path) -> int:
+    """Frames in the WAL right now (a passive checkpoint from another connection says)."""
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    finally:
+        db.close()
+
+
+def test_commits_never_checkpoint_the_wal_themselves(tmp_path, monkeypatch):
+    """A checkpoint's fsync would hold up a whole turn: the loop's commits leave them to
+    the checkpoint thread (SQLite's own would run one every 1,000 pages)."""
+    from broker import store as store_module
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_INTERVAL", 3600.0)  # no rounds here
+    path = tmp_path / "z.db"
+    s = SqliteStore(str(path))
+    s.add_room("lounge", 1.0, "alice")
+    for seq in range(1, 1201):  # a turn each, a page or more each
+        s.append("lounge", seq, event("lounge", seq, text="x" * 2000))
+        s.commit()
+    assert wal_frames(path) > 1200
+    s.close()
+
+
+def test_the_loop_finishes_a_checkpoint_the_thread_could_not_so_the_wal_starts_over(
+        tmp_path, monkeypatch):
+    """The WAL starts over only once a checkpoint has caught up with every write; under a
+    broker that writes all the time the thread's never does. Here a reader holding an old
+    snapshot stands in for those writes: the thread's round stops at its snapshot."""
+    from broker import store as store_module
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_INTERVAL", 3600.0)  # rounds by hand here
+    monkeypatch.setattr(store_module, "WAL_LONG", 50)
+    path = tmp_path / "z.db"
+    s = SqliteStore(str(path))
+    s.add_room("lounge", 1.0, "alice")
+
+    def turns(first: int, last: int) -> None:
+        for seq in range(first, last + 1):
+            s.append("lounge", seq, event("lounge", seq, text="x" * 2000))
+            s.commit()
+
+    turns(1, 100)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM events").fetchone() == (100,)
+    turns(101, 200)
+    thread_side = sqlite3.connect(path, isolation_level=None)
+    assert s._checkpoints is not None
+    s._checkpoints.round(thread_side)  # copies up to the reader's snapshot only
+    assert s._checkpoints.wal_long
+    reader.execute("COMMIT")
+    turns(201, 201)  # this turn's commit catches up...
+    assert not s._checkpoints.wal_long
+    turns(202, 202)  # ...so this one starts the WAL over
+    assert wal_frames(path) < 10
+    assert seqs(s.events("lounge", limit=200)) == list(range(3, 203))
+    for db in (reader, thread_side):
+        db.close()
+    s.close()
+
+
+def test_closing_the_store_stops_its_checkpoint_thread(tmp_path):
+    s = SqliteStore(str(tmp_path / "z.db"))
+    thread = s._checkpoints
+    assert thread is not None and thread.is_alive()
+    s.close()
+    assert not thread.is_alive()
