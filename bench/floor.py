@@ -3,8 +3,9 @@
 ``python -m bench WORKLOAD --floor`` runs the workload against this instead of the broker.
 It has the broker's sockets, CURVE, framing (one array frame per client and per room per
 loop turn) and enough of the protocol for the load processes: hello, login, create, join,
-say, msg, ping, ticks and (empty) history. It has none of the broker's guarantees: no validation, no store,
-no sessions by key, no retries remembered, no rate limits, no subscription checks.
+say, msg, ping, ticks and (empty) history. It has none of the broker's guarantees: no
+validation, no store, no sessions by key, no retries remembered, no rate limits, no
+subscription checks.
 
 What it costs per message is what any Python broker on pyzmq pays before it checks or
 keeps anything, so a target below that figure is out of reach for this design however

