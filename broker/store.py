@@ -11,17 +11,21 @@ the broker process dying (kill -9); a power cut may lose the last turns. ``durab
 Checkpoints (copying the WAL into the database file, with an fsync) run in a thread of
 their own, not in a commit: one takes milliseconds here, and every message of the turn
 that ran it would wait that long (SQLite's own ran one every 1,000 pages: five times a
-second in a busy room).
+second in a busy room). Only past WAL_LONG frames does the loop finish one itself, between
+two turns, so that the WAL can start over (see ``_catch_up``).
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgpack
+
+log = logging.getLogger("zchat.broker")
 
 CHECKPOINT_INTERVAL = 0.5  # seconds between the checkpoint thread's rounds
 WAL_LONG = 4096  # frames (4 KiB pages): past this, the loop helps the WAL start over
@@ -179,10 +183,11 @@ class SqliteStore:
     def _catch_up(self) -> None:
         """Finish the checkpoint thread's work between two turns, so the WAL starts over.
 
-        The WAL only starts over once a checkpoint has caught up with every write, which
-        a broker writing every few milliseconds never lets the thread's do: past WAL_LONG
-        frames the loop checkpoints what the thread left, a few milliseconds every few
-        seconds at the busiest. Never while the thread is at it: then on the next turn.
+        The WAL only starts over when a write begins after a checkpoint that copied every
+        frame, which a broker writing every few milliseconds never lets the thread's do: a
+        commit lands while it copies. So past WAL_LONG frames the loop checkpoints what
+        the thread left, with no write in flight: a few milliseconds every few seconds at
+        the busiest. Never while the thread is at it: then on the next turn.
         """
         checkpoints = self._checkpoints
         assert checkpoints is not None
@@ -190,15 +195,17 @@ class SqliteStore:
             try:
                 _, frames, done = self._db.execute(
                     "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                checkpoints.wal_long = done < frames
+                checkpoints.wal_long = done < frames  # no write in flight: this is exact
             finally:
                 checkpoints.lock.release()
 
     def close(self) -> None:
-        self.commit()
-        if self._checkpoints is not None:
-            self._checkpoints.stop()
-        self._db.close()  # the last connection to close checkpoints what is left
+        try:
+            self.commit()
+        finally:
+            if self._checkpoints is not None:
+                self._checkpoints.stop()
+            self._db.close()  # the last connection to close checkpoints what is left
 
 
 class _Checkpoints(threading.Thread):
@@ -221,14 +228,20 @@ class _Checkpoints(threading.Thread):
         db = sqlite3.connect(self._path, isolation_level=None)
         try:
             while not self._stopping.wait(CHECKPOINT_INTERVAL):
-                self.round(db)
+                try:
+                    self.round(db)
+                except sqlite3.Error as exc:  # a full disk, say: the loop will catch up
+                    log.error("WAL checkpoint failed: %s", exc)
+                    self.wal_long = True
         finally:
             db.close()
 
     def round(self, db: sqlite3.Connection) -> None:
+        # Even a checkpoint that reports every frame copied may have missed a commit made
+        # while it copied (it counts from where it started): length alone is the signal.
         with self.lock:
-            _, frames, done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        self.wal_long = frames > WAL_LONG and done < frames
+            _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self.wal_long = frames > WAL_LONG
 
     def stop(self) -> None:
         self._stopping.set()

@@ -169,7 +169,7 @@ class Connection:
                 if not reply.get("ok"):
                     raise Refused(str(reply.get("code")), str(reply.get("error")))
                 self._session_opened(reply)
-                for message in frame[k + 1:]:  # whatever came with it (nothing, today)
+                for message in frame[:k] + frame[k + 1:]:  # anything else the turn had
                     self._from_broker(message)
                 return reply
         hint = " (is --server-key the broker's key?)" if self.secure else ""

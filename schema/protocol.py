@@ -7,11 +7,13 @@ Nothing here touches a socket.
 Shape of the conversation (details in PROTOCOL.md):
 
 * client DEALER -> broker ROUTER: one frame, a msgpack map ``{"id": int, "cmd": str, ...}``
-* broker ROUTER -> client: a reply ``{"re": id, "ok": true, ...}`` or
+* broker ROUTER -> client: one frame, a msgpack array of that loop turn's messages for the
+  client, each a reply ``{"re": id, "ok": true, ...}`` or
   ``{"re": id, "ok": false, "code": str, "error": str}``, or an event ``{"ev": str, ...}``
-* broker PUB -> client SUB: two frames, ``[topic, msgpack event]`` where the topic is the
-  room's capability topic ``room name + NUL + secret token``
-* admin REQ -> broker control ROUTER: the same request/reply maps as clients.
+* broker PUB -> client SUB: two frames, ``[topic, msgpack array of events]`` where the
+  topic is the room's capability topic ``room name + NUL + secret token``
+* admin REQ -> broker control ROUTER: the same request/reply maps as clients, one map
+  per frame.
 """
 
 from __future__ import annotations

@@ -255,7 +255,8 @@ def test_a_burst_of_requests_is_answered_in_order_in_array_frames_within_bounds(
             answered += [reply["re"] for reply in frame if reply["ok"]]
         assert answered == list(range(1, 603))
         assert not dealer.poll(300), "a reply came twice"
-        print(f"602 replies in {len(sizes)} frames, largest {max(sizes)}")
+        # A burst sent in microseconds is read in a few turns: the frames carry many.
+        assert max(sizes) > 1, f"one reply per frame: {sizes[:10]}..."
         dealer.close()
     finally:
         ctx.term()

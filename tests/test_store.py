@@ -325,6 +325,38 @@ def test_the_loop_finishes_a_checkpoint_the_thread_could_not_so_the_wal_starts_o
     s.close()
 
 
+def test_a_checkpoint_that_ran_during_a_turn_still_leads_the_loop_to_catch_up(
+        tmp_path, monkeypatch):
+    """The real case: the broker commits while the thread's checkpoint copies. That
+    checkpoint reports every frame it knew of copied, yet the WAL cannot start over."""
+    from broker import store as store_module
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_INTERVAL", 3600.0)  # rounds by hand here
+    monkeypatch.setattr(store_module, "WAL_LONG", 50)
+    path = tmp_path / "z.db"
+    s = SqliteStore(str(path))
+    s.add_room("lounge", 1.0, "alice")
+
+    def turns(first: int, last: int) -> None:
+        for seq in range(first, last + 1):
+            s.append("lounge", seq, event("lounge", seq, text="x" * 2000))
+            s.commit()
+
+    turns(1, 100)
+    thread_side = sqlite3.connect(path, isolation_level=None)
+    s.append("lounge", 101, event("lounge", 101, text="x" * 2000))
+    s._flush()  # a turn under way (its transaction open) while the thread's round runs
+    assert s._checkpoints is not None
+    s._checkpoints.round(thread_side)
+    assert s._checkpoints.wal_long
+    s.commit()  # the turn ends, and the loop catches up...
+    assert not s._checkpoints.wal_long
+    turns(102, 102)  # ...so the next turn starts the WAL over
+    assert wal_frames(path) < 10
+    thread_side.close()
+    s.close()
+
+
 def test_closing_the_store_stops_its_checkpoint_thread(tmp_path):
     s = SqliteStore(str(tmp_path / "z.db"))
     thread = s._checkpoints
