@@ -271,90 +271,92 @@ def wal_frames(path: Path) -> int:
         db.close()
 
 
-def test_commits_never_checkpoint_the_wal_themselves(tmp_path, monkeypatch):
+class WalStore:
+    """A file store whose checkpoint thread does nothing by itself: its rounds are run
+    by hand (``round``), on a connection of their own as the thread's are."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.store = SqliteStore(str(path))
+        self.store.add_room("lounge", 1.0, "alice")
+        self.seq = 0
+        self._thread_side = sqlite3.connect(path, isolation_level=None)
+
+    def turn(self, *, commit: bool = True) -> None:
+        """One loop turn writing one message of a page or more; left open if not commit."""
+        self.seq += 1
+        self.store.append("lounge", self.seq, event("lounge", self.seq, text="x" * 2000))
+        if commit:
+            self.store.commit()
+        else:
+            self.store._flush()  # its transaction is open, as while the loop works
+
+    def turns(self, n: int) -> None:
+        for _ in range(n):
+            self.turn()
+
+    @property
+    def wal_long(self) -> bool:
+        assert self.store._checkpoints is not None
+        return self.store._checkpoints.wal_long
+
+    def round(self) -> None:
+        assert self.store._checkpoints is not None
+        self.store._checkpoints.round(self._thread_side)
+
+    def close(self) -> None:
+        self._thread_side.close()
+        self.store.close()
+
+
+@pytest.fixture
+def wal(tmp_path, monkeypatch):
+    from broker import store as store_module
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_INTERVAL", 3600.0)  # rounds by hand
+    monkeypatch.setattr(store_module, "WAL_LONG", 50)
+    w = WalStore(tmp_path / "z.db")
+    yield w
+    w.close()
+
+
+def test_commits_never_checkpoint_the_wal_themselves(wal):
     """A checkpoint's fsync would hold up a whole turn: the loop's commits leave them to
     the checkpoint thread (SQLite's own would run one every 1,000 pages)."""
-    from broker import store as store_module
-
-    monkeypatch.setattr(store_module, "CHECKPOINT_INTERVAL", 3600.0)  # no rounds here
-    path = tmp_path / "z.db"
-    s = SqliteStore(str(path))
-    s.add_room("lounge", 1.0, "alice")
-    for seq in range(1, 1201):  # a turn each, a page or more each
-        s.append("lounge", seq, event("lounge", seq, text="x" * 2000))
-        s.commit()
-    assert wal_frames(path) > 1200
-    s.close()
+    wal.turns(1200)
+    assert wal_frames(wal.path) > 1200
 
 
-def test_the_loop_finishes_a_checkpoint_the_thread_could_not_so_the_wal_starts_over(
-        tmp_path, monkeypatch):
-    """The WAL starts over only once a checkpoint has caught up with every write; under a
-    broker that writes all the time the thread's never does. Here a reader holding an old
-    snapshot stands in for those writes: the thread's round stops at its snapshot."""
-    from broker import store as store_module
-
-    monkeypatch.setattr(store_module, "CHECKPOINT_INTERVAL", 3600.0)  # rounds by hand here
-    monkeypatch.setattr(store_module, "WAL_LONG", 50)
-    path = tmp_path / "z.db"
-    s = SqliteStore(str(path))
-    s.add_room("lounge", 1.0, "alice")
-
-    def turns(first: int, last: int) -> None:
-        for seq in range(first, last + 1):
-            s.append("lounge", seq, event("lounge", seq, text="x" * 2000))
-            s.commit()
-
-    turns(1, 100)
-    reader = sqlite3.connect(path, isolation_level=None)
+def test_the_loop_finishes_a_checkpoint_the_thread_could_not_so_the_wal_starts_over(wal):
+    """The WAL starts over only once a checkpoint has caught up with every write. Here a
+    reader holding an old snapshot keeps the thread's round from catching up."""
+    wal.turns(100)
+    reader = sqlite3.connect(wal.path, isolation_level=None)
     reader.execute("BEGIN")
     assert reader.execute("SELECT count(*) FROM events").fetchone() == (100,)
-    turns(101, 200)
-    thread_side = sqlite3.connect(path, isolation_level=None)
-    assert s._checkpoints is not None
-    s._checkpoints.round(thread_side)  # copies up to the reader's snapshot only
-    assert s._checkpoints.wal_long
+    wal.turns(100)
+    wal.round()  # copies up to the reader's snapshot only
+    assert wal.wal_long
     reader.execute("COMMIT")
-    turns(201, 201)  # this turn's commit catches up...
-    assert not s._checkpoints.wal_long
-    turns(202, 202)  # ...so this one starts the WAL over
-    assert wal_frames(path) < 10
-    assert seqs(s.events("lounge", limit=200)) == list(range(3, 203))
-    for db in (reader, thread_side):
-        db.close()
-    s.close()
+    reader.close()
+    wal.turn()  # this turn's commit catches up...
+    assert not wal.wal_long
+    wal.turn()  # ...so this one starts the WAL over
+    assert wal_frames(wal.path) < 10
+    assert seqs(wal.store.events("lounge", limit=200)) == list(range(3, 203))
 
 
-def test_a_checkpoint_that_ran_during_a_turn_still_leads_the_loop_to_catch_up(
-        tmp_path, monkeypatch):
+def test_a_checkpoint_that_ran_during_a_turn_still_leads_the_loop_to_catch_up(wal):
     """The real case: the broker commits while the thread's checkpoint copies. That
     checkpoint reports every frame it knew of copied, yet the WAL cannot start over."""
-    from broker import store as store_module
-
-    monkeypatch.setattr(store_module, "CHECKPOINT_INTERVAL", 3600.0)  # rounds by hand here
-    monkeypatch.setattr(store_module, "WAL_LONG", 50)
-    path = tmp_path / "z.db"
-    s = SqliteStore(str(path))
-    s.add_room("lounge", 1.0, "alice")
-
-    def turns(first: int, last: int) -> None:
-        for seq in range(first, last + 1):
-            s.append("lounge", seq, event("lounge", seq, text="x" * 2000))
-            s.commit()
-
-    turns(1, 100)
-    thread_side = sqlite3.connect(path, isolation_level=None)
-    s.append("lounge", 101, event("lounge", 101, text="x" * 2000))
-    s._flush()  # a turn under way (its transaction open) while the thread's round runs
-    assert s._checkpoints is not None
-    s._checkpoints.round(thread_side)
-    assert s._checkpoints.wal_long
-    s.commit()  # the turn ends, and the loop catches up...
-    assert not s._checkpoints.wal_long
-    turns(102, 102)  # ...so the next turn starts the WAL over
-    assert wal_frames(path) < 10
-    thread_side.close()
-    s.close()
+    wal.turns(100)
+    wal.turn(commit=False)  # a turn under way while the thread's round runs
+    wal.round()
+    assert wal.wal_long
+    wal.store.commit()  # the turn ends, and the loop catches up...
+    assert not wal.wal_long
+    wal.turn()  # ...so the next turn starts the WAL over
+    assert wal_frames(wal.path) < 10
 
 
 def test_closing_the_store_stops_its_checkpoint_thread(tmp_path):
