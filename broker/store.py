@@ -30,6 +30,7 @@ log = logging.getLogger("zchat.broker")
 CHECKPOINT_INTERVAL = 0.5  # seconds between the checkpoint thread's rounds
 WAL_LONG = 4096  # frames (4 KiB pages): past this, the loop helps the WAL start over
 
+
 @dataclass(frozen=True)
 class StoredRoom:
     name: str
@@ -196,6 +197,11 @@ class SqliteStore:
                 _, frames, done = self._db.execute(
                     "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 checkpoints.wal_long = done < frames  # no write in flight: this is exact
+            except sqlite3.Error as exc:
+                # What is committed is safe in the WAL: serve on, and let the thread's
+                # next round say whether to try again.
+                log.error("WAL checkpoint failed: %s", exc)
+                checkpoints.wal_long = False
             finally:
                 checkpoints.lock.release()
 

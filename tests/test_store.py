@@ -359,6 +359,37 @@ def test_a_checkpoint_that_ran_during_a_turn_still_leads_the_loop_to_catch_up(wa
     assert wal_frames(wal.path) < 10
 
 
+def test_a_failing_catch_up_is_logged_and_the_turn_still_commits(wal, caplog):
+    """A checkpoint that fails (a full disk, say) loses nothing committed: the loop logs
+    it and serves on, rather than ending the broker over it."""
+
+    class Failing:  # the store's connection, but checkpoints fail
+        def __init__(self, db: sqlite3.Connection):
+            self._db = db
+
+        def execute(self, sql: str, *args):
+            if "wal_checkpoint" in sql:
+                raise sqlite3.OperationalError("database or disk is full")
+            return self._db.execute(sql, *args)
+
+        def __getattr__(self, name: str):
+            return getattr(self._db, name)
+
+    wal.turns(100)
+    wal.turn(commit=False)
+    wal.round()
+    assert wal.wal_long
+    real = wal.store._db
+    wal.store._db = Failing(real)
+    try:
+        wal.store.commit()  # the catch-up fails here
+    finally:
+        wal.store._db = real
+    assert "WAL checkpoint failed: database or disk is full" in caplog.text
+    assert not wal.wal_long  # not tried again every turn: the thread's next round decides
+    assert seqs(wal.store.events("lounge", limit=200)) == list(range(1, 102))
+
+
 def test_closing_the_store_stops_its_checkpoint_thread(tmp_path):
     s = SqliteStore(str(tmp_path / "z.db"))
     thread = s._checkpoints
