@@ -157,11 +157,10 @@ def markdown(results: list[dict[str, Any]], command: str, plot_name: str | None 
         "its subscription dropped them (a real client shows them, in order).",
     ]
     if any(r.get("floor") for r in results):
-        parts += ["*(floor relay)* rows are no broker: the same load against "
+        parts += ["", "*(floor relay)* rows are no broker: the same load against "
                   "`bench/floor.py`, which only decodes, forwards and encodes (CURVE and "
                   "framing as the broker's; no checks, no store). They show what this design "
                   "costs before any chat logic, and never count for a target."]
-        parts.insert(-1, "")
     parts += ["", table(results), ""]
     goals = targets(results)
     if goals:

@@ -194,7 +194,7 @@ class Peer:
             if not self.sub.poll(timeout * 1000):
                 return None
             topic, body = self.sub.recv_multipart()
-            self._unread.extend((topic, e) for e in room_events(body))
+            self._unread.extend((topic, e) for e in messages(body))
         topic, event = self._unread.popleft()
         self.heard.append((topic, event))
         return event
@@ -217,11 +217,6 @@ class Peer:
         while (event := self._take(quiet)) is not None:
             out.append(event)
         return out
-
-
-def room_events(body: bytes) -> list[dict[str, Any]]:
-    """The events in one publisher frame (a list of a turn's events)."""
-    return messages(body)
 
 
 def text_is(text: str) -> Callable[[dict[str, Any]], bool]:
