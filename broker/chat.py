@@ -347,7 +347,9 @@ class Chat:
         return {"inc": self.incarnation, "pub": self.pub_address,
                 "heartbeat": P.HEARTBEAT_INTERVAL, "timeout": self.peer_timeout,
                 "limits": {"nick": P.NICK_MAX, "room": P.ROOM_MAX, "text": P.TEXT_MAX,
-                           "history": P.HISTORY_PAGE_MAX, "frame": P.FRAME_MAX}}
+                           "history": P.HISTORY_PAGE_MAX, "frame": P.FRAME_MAX,
+                           # A client that keeps within these is never refused as too fast.
+                           "rate": self.rate, "burst": self.burst}}
 
     def _ping(self, session: Session) -> dict[str, Any]:
         return {}
