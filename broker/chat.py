@@ -24,7 +24,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +32,8 @@ from typing import Any
 from schema import ProtocolError, Request, error, ok, pack, unpack
 from schema import protocol as P
 
+from .budgets import Budgets
+from .listing import Names
 from .store import Account, Store
 
 log = logging.getLogger("zchat.broker")
@@ -70,19 +72,26 @@ _REMEMBERED = frozenset({"say", "whisper", "msg", "broadcast"})
 
 @dataclass
 class Bucket:
-    """A token bucket: how many requests may still be made at once, as of when."""
+    """A token bucket: what may still be spent at once, as of when."""
 
     tokens: float
     refilled: float
 
-    def take(self, now: float, rate: float, burst: int) -> bool:
-        """Spend one token if there is one: ``burst`` at once, then ``rate`` a second."""
+    def take(self, now: float, rate: float, burst: float, cost: float = 1.0) -> bool:
+        """Spend ``cost`` tokens if there are as many: ``burst`` at once, then ``rate`` a
+        second."""
         self.tokens = min(burst, self.tokens + (now - self.refilled) * rate)
         self.refilled = now
-        if self.tokens < 1:
+        if self.tokens < cost:
             return False
-        self.tokens -= 1
+        self.tokens -= cost
         return True
+
+    def spend(self, now: float, rate: float, burst: float, cost: float) -> None:
+        """Spend what was already used (a history page read), into debt if need be: the
+        next requests wait until it is paid back."""
+        self.tokens = min(burst, self.tokens + (now - self.refilled) * rate) - cost
+        self.refilled = now
 
 
 @dataclass(eq=False)
@@ -93,10 +102,12 @@ class Session:
     client_id: str | None
     last_seen: float
     identity: str | None = None  # the CURVE key it authenticated with (z85), if any
+    address: str = ""  # the peer's IP address, for limits that outlive sessions
     name: str | None = None
+    away: str | None = None  # its away message, told to whoever messages it
     rooms: dict[str, Room] = field(default_factory=dict)  # insertion-ordered set
     bucket: Bucket = field(default_factory=lambda: Bucket(0.0, 0.0))  # its rate limit
-    password_checks: list[float] = field(default_factory=list)  # when, in the last minute
+    delivery: Bucket = field(default_factory=lambda: Bucket(0.0, 0.0))  # characters out
 
 
 @dataclass(eq=False)
@@ -107,6 +118,7 @@ class Room:
     seq: int  # seq of the newest event in the room's stream
     topic: bytes = b""
     members: dict[str, Session] = field(default_factory=dict)  # nickname -> session
+    names: Names = field(default_factory=Names)  # the members' nicknames, for paging
 
 
 @dataclass
@@ -133,15 +145,25 @@ class Chat:
         peer_timeout: float = P.PEER_TIMEOUT,
         rate: float = P.RATE_DEFAULT,
         burst: int = P.BURST_DEFAULT,
+        delivery_rate: float = P.DELIVERY_RATE_DEFAULT,
+        delivery_burst: float = P.DELIVERY_BURST_DEFAULT,
+        room_lifetime: float = P.EMPTY_ROOM_LIFETIME,
+        route_check: Callable[[bytes, str], bool] | None = None,
         clock: Callable[[], float] = time.time,
         token: Callable[[], str] = lambda: secrets.token_hex(8),
     ):
+        """``rate`` 0 turns every per-client limit off (the benchmark's load is no abuse).
+        ``route_check(routing id, key)`` says whether a routing id is the one bound to a
+        key (see schema.keys.routing_id); None accepts any (plaintext mode)."""
         self.store = store
         self.pub_address = pub_address
         self.max_clients = max_clients
         self.join_history = min(join_history, P.HISTORY_PAGE_MAX)
         self.peer_timeout = peer_timeout
         self.rate, self.burst = rate, burst
+        self.delivery_rate, self.delivery_burst = delivery_rate, delivery_burst
+        self.room_lifetime = room_lifetime
+        self.route_check = route_check
         self.clock = clock
         self._token = token
         self.incarnation = token()
@@ -150,42 +172,57 @@ class Chat:
         self.users: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {}
         self.topics: dict[bytes, Room] = {}
+        self._user_names = Names()  # self.users' keys, sorted for paging
+        self._room_names = Names()  # self.rooms' keys, likewise
+        # Rooms nobody is in, oldest emptied first: removed once empty for room_lifetime.
+        self._empty: OrderedDict[str, float] = OrderedDict()
+        self.budgets = Budgets(clock)  # password guesses, registrations: per name, address
         self._guests = 0
         self._out: list[Delivery] = []
         # Packed: 100,000 replies as dicts are 200,000 objects for every full garbage
         # collection to walk (88 ms each under the dm benchmark); as bytes, none.
         self._answers: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._request_key: tuple[str, int] | None = None  # (client id, request id) at hand
-        self._password_checks: deque[float] = deque()  # when the last few were made
+        self._request_key: tuple[str, str, int] | None = None  # (key, client id, request id)
+        # (peer, remembered-reply key) of each request of this turn that wrote to the store
+        self._turn_writers: list[tuple[bytes, tuple[str, str, int] | None]] = []
         # The rate buckets of ended sessions, by routing id: a new hello does not refill.
         self._spent: OrderedDict[bytes, Bucket] = OrderedDict()
+        now = clock()
         for stored in store.rooms():
             room = Room(stored.name, stored.created, stored.creator, stored.last_seq)
             self._add_room(room)
+            self._empty[room.name] = now  # empty until someone comes back
 
     # -- entry points used by the broker loop ---------------------------------------------
 
-    def handle(self, peer: bytes, request: Request, identity: str | None = None
-               ) -> list[Delivery]:
+    def handle(self, peer: bytes, request: Request, identity: str | None = None,
+               address: str = "") -> list[Delivery]:
         """Carry out one validated client request; return what must be delivered.
 
         ``identity`` is the CURVE key the request was authenticated with (None in
-        plaintext mode).
+        plaintext mode); ``address`` the peer's IP address.
         """
         self._out = out = []
         try:
             session = self._admit(peer, request, identity)
         except ProtocolError as err:
             return out + [Send(peer, error(request.id, err))]
-        key = (session.client_id, request.id) if session and session.client_id else None
+        if request.retry and (session is None or session.client_id is None):
+            return [Send(peer, error(request.id, ProtocolError(
+                "retry_needs_client", "A retry needs a client id: send hello with client")))]
+        # Remembered replies belong to the key as well as the client id: another key that
+        # claims the same client id is somebody else, and learns nothing of them.
+        key = ((session.identity or "", session.client_id, request.id)
+               if session and session.client_id else None)
         if key and request.retry:
             answer = self._answer_again(key, request)
             if answer is not None:
                 return [Send(peer, answer)]
         self._request_key = key
+        writes = self.store.writes
         try:
             if request.cmd == "hello":  # the only request _admit lets in without a session
-                result = self._hello(peer, session, identity, **request.args)
+                result = self._hello(peer, session, identity, address, **request.args)
             else:
                 result = getattr(self, "_" + request.cmd)(session, **request.args)
             reply = ok(request.id, **result)
@@ -195,8 +232,43 @@ class Chat:
             self._answers[key] = pack(reply)
             if len(self._answers) > P.ANSWERS_REMEMBERED:
                 self._answers.popitem(last=False)
+        if self.store.writes != writes:
+            self._turn_writers.append((peer, key))
         out.insert(0, Send(peer, reply))
         return out
+
+    def committed(self) -> None:
+        """The loop committed the turn's writes: what was said of them holds."""
+        self._turn_writers.clear()
+
+    def commit_failed(self, deliveries: list[Delivery], reason: str) -> list[Delivery]:
+        """The loop could not commit the turn: none of its writes are stored. Return what
+        may still be sent, and put the chat back in line with the store.
+
+        Nothing that acknowledged or published a write may go out: room events are
+        dropped, and the sessions that wrote are ended (their clients reconnect and
+        resume, and are refused writes while the store cannot take them). Room seqs go
+        back to what is stored, so no seq is ever used for two events.
+        """
+        writers = {peer for peer, _ in self._turn_writers}
+        for _, key in self._turn_writers:
+            self._answers.pop(key, None)  # a retry must not be told "ok" for a lost write
+        self._turn_writers.clear()
+        self._out = []
+        for peer in writers:
+            session = self.sessions.get(peer)
+            if session is not None:
+                self._end_session(session, f"the store failed: {reason}")
+        stored = {r.name: r.last_seq for r in self.store.rooms()}
+        for room in list(self.rooms.values()):
+            if room.name not in stored:
+                for member in list(room.members.values()):
+                    self._end_session(member, f"the store failed: {reason}")
+                self._remove_room(room)
+            else:
+                room.seq = stored[room.name]
+        kept = [d for d in deliveries if isinstance(d, Send) and d.peer not in writers]
+        return kept + [d for d in self._out if isinstance(d, Send)]
 
     def _admit(self, peer: bytes, request: Request, identity: str | None) -> Session | None:
         """The session a request belongs to; None for a hello that will open one.
@@ -225,7 +297,8 @@ class Chat:
         return ProtocolError("rate_limited",
                              f"Slow down: at most {self.rate:g} requests a second")
 
-    def _answer_again(self, key: tuple[str, int], request: Request) -> dict[str, Any] | None:
+    def _answer_again(self, key: tuple[str, str, int], request: Request
+                      ) -> dict[str, Any] | None:
         """The reply already given to a retried request, so it is not carried out twice.
         A message survives a broker restart in the store, and is recognised there."""
         answer = self._answers.get(key)
@@ -239,8 +312,23 @@ class Chat:
         return None
 
     def refuse(self, peer: bytes, rid: int | None, err: ProtocolError) -> list[Delivery]:
-        """A request that failed validation: an error to its sender, nothing else."""
+        """A request that failed validation: an error to its sender, nothing else. It is
+        charged like any request, so garbage cannot be sent faster than requests; past
+        the limit the sender is not even answered."""
+        session = self.sessions.get(peer)
+        bucket = session.bucket if session is not None else self._spent.setdefault(
+            peer, Bucket(self.burst, self.clock()))
+        if len(self._spent) > P.ANSWERS_REMEMBERED:
+            self._spent.popitem(last=False)
+        if not self._within_rate(bucket):
+            return []
         return [Send(peer, error(rid, err))]
+
+    def pardon(self, seconds: float) -> None:
+        """The broker itself was away for ``seconds`` (stopped, or one long turn): that
+        silence is no evidence against anyone, so nobody's clock counts it."""
+        for session in self.sessions.values():
+            session.last_seen += seconds
 
     def gone(self, peer: bytes, reason: str = "disconnected") -> list[Delivery]:
         """The peer cannot be reached any more: end its session."""
@@ -253,9 +341,19 @@ class Chat:
     def expire(self) -> list[Delivery]:
         """End the sessions of clients silent for longer than the peer timeout."""
         self._out = []
-        deadline = self.clock() - self.peer_timeout
+        now = self.clock()
+        deadline = now - self.peer_timeout
         for session in [s for s in self.sessions.values() if s.last_seen < deadline]:
             self._end_session(session, "timed out")
+        # Rooms nobody has been in for room_lifetime go, with their history (documented).
+        while self._empty and self.store.problem() is None:
+            name, since = next(iter(self._empty.items()))
+            if since > now - self.room_lifetime:
+                break
+            room = self.rooms[name]
+            self._remove_room(room)
+            self.store.drop_room(name)
+            log.info("Room %s removed: empty for %.0f s", name, now - since)
         return self._out
 
     def ticks(self) -> list[Delivery]:
@@ -285,18 +383,30 @@ class Chat:
             reply = error(request.id, err)
         return reply, self._out
 
-    def _admin_ls(self) -> dict[str, Any]:
-        return {"rooms": [{"room": r.name, "count": len(r.members), "members": list(r.members),
-                           "seq": r.seq, "creator": r.creator}
-                          for r in sorted(self.rooms.values(), key=lambda r: r.name)]}
+    def _admin_ls(self, after: str | None, limit: int | None) -> dict[str, Any]:
+        names, more = self._room_names.page(after, limit or P.LIST_PAGE_DEFAULT)
+        rooms = [self.rooms[n] for n in names]
+        return {"rooms": [{"room": r.name, "count": len(r.members), "seq": r.seq,
+                           "members": r.names.page(None, P.MEMBERS_SHOWN)[0],
+                           "creator": r.creator} for r in rooms],
+                "more": more, "total": len(self.rooms)}
 
-    def _admin_users(self) -> dict[str, Any]:
-        return {"users": [{"name": name, "rooms": list(s.rooms)}
-                          for name, s in sorted(self.users.items())],
-                "anonymous": len(self.sessions) - len(self.users)}
+    def _admin_users(self, after: str | None, limit: int | None) -> dict[str, Any]:
+        names, more = self._user_names.page(after, limit or P.LIST_PAGE_DEFAULT)
+        return {"users": [{"name": n, "rooms": list(self.users[n].rooms)} for n in names],
+                "anonymous": len(self.sessions) - len(self.users), "more": more}
+
+    def _admin_release(self, name: str) -> dict[str, Any]:
+        if self.store.account(name) is None:
+            raise ProtocolError("not_registered", f"{name} is not registered")
+        self._writing()
+        self.store.drop_account(name)
+        log.info("Operator released the nickname %s", name)
+        return {"name": name}
 
     def _admin_kill(self, room: str, reason: str | None) -> dict[str, Any]:
         target = self._room(room)
+        self._writing()
         why = reason or "killed by the operator"
         members = list(target.members.values())
         for member in members:
@@ -328,11 +438,17 @@ class Chat:
     # or raises ProtocolError before changing anything.
 
     def _hello(self, peer: bytes, session: Session | None, identity: str | None,
-               version: int, client: str | None) -> dict[str, Any]:
+               address: str, version: int, client: str | None) -> dict[str, Any]:
         if version != P.PROTOCOL_VERSION:
             raise ProtocolError("version", f"Unsupported protocol version {version}; "
                                            f"this broker speaks {P.PROTOCOL_VERSION}")
         if session is None:
+            if identity is not None and self.route_check is not None \
+                    and not self.route_check(peer, identity):
+                # Deliveries go by routing id: one that anybody could present would let
+                # them take somebody else's. Only the holder of the key can derive it.
+                raise ProtocolError("bad_route", "Your routing id must be derived from "
+                                                 "your key (PROTOCOL.md, routing ids)")
             replaced = self.sessions.get(peer)  # this routing id, under another key
             if self.max_clients is not None and \
                     len(self.sessions) - (replaced is not None) >= self.max_clients:
@@ -341,15 +457,19 @@ class Chat:
             if replaced is not None:
                 self._end_session(replaced, "replaced")
             bucket = self._spent.pop(peer, None) or Bucket(self.burst, self.clock())
-            self.sessions[peer] = Session(peer, client, self.clock(), identity,
-                                          bucket=bucket)
+            self.sessions[peer] = Session(
+                peer, client, self.clock(), identity, address, bucket=bucket,
+                delivery=Bucket(self.delivery_burst, self.clock()))
             log.info("Client connected (%d online)", len(self.sessions))
         return {"inc": self.incarnation, "pub": self.pub_address,
                 "heartbeat": P.HEARTBEAT_INTERVAL, "timeout": self.peer_timeout,
                 "limits": {"nick": P.NICK_MAX, "room": P.ROOM_MAX, "text": P.TEXT_MAX,
                            "history": P.HISTORY_PAGE_MAX, "frame": P.FRAME_MAX,
+                           "page": P.LIST_PAGE_MAX,
                            # A client that keeps within these is never refused as too fast.
-                           "rate": self.rate, "burst": self.burst}}
+                           "rate": self.rate, "burst": self.burst,
+                           "delivery_rate": self.delivery_rate,
+                           "delivery_burst": self.delivery_burst}}
 
     def _ping(self, session: Session) -> dict[str, Any]:
         return {}
@@ -364,12 +484,18 @@ class Chat:
         if password is None and session.identity is None:
             raise ProtocolError("credentials_needed",
                                 "Give a password: /register PASSWORD (you have no key)")
+        self._writing()
+        renewal = self.store.account(name) is not None  # its owner, changing how
+        if not renewal:
+            self.budgets.register(_sources(session), self.store.accounts_of(session.identity)
+                                  if session.identity else 0)
         salt = pwhash = None
         if password is not None:
-            self._spend_password_check(session)
+            self.budgets.password_check(name, _sources(session))
             salt = secrets.token_bytes(16)
             pwhash = _hash_password(password, salt)
         self.store.save_account(Account(name, session.identity, salt, pwhash))
+        self.budgets.signed_in(name, _sources(session))
         log.info("%s registered (%s)", name, "password" if password else "key")
         return {"name": name, "by": "password" if password else "key"}
 
@@ -377,6 +503,7 @@ class Chat:
         name = self._require_name(session)
         self._leave_all(session, "logged out")
         del self.users[name]
+        self._user_names.remove(name)
         session.name = None
         log.info("%s logged out", name)
         return {"name": name}
@@ -385,16 +512,22 @@ class Chat:
         self._end_session(session, "quit")
         return {}
 
-    def _users(self, session: Session) -> dict[str, Any]:
-        return {"users": sorted(self.users)}
+    def _users(self, session: Session, after: str | None, limit: int | None
+               ) -> dict[str, Any]:
+        names, more = self._user_names.page(after, limit or P.LIST_PAGE_DEFAULT)
+        return {"users": names, "more": more}
 
-    def _rooms(self, session: Session) -> dict[str, Any]:
-        return {"rooms": [{"room": r.name, "count": len(r.members)}
-                          for r in sorted(self.rooms.values(), key=lambda r: r.name)]}
+    def _rooms(self, session: Session, after: str | None, limit: int | None
+               ) -> dict[str, Any]:
+        names, more = self._room_names.page(after, limit or P.LIST_PAGE_DEFAULT)
+        return {"rooms": [{"room": n, "count": len(self.rooms[n].members)} for n in names],
+                "more": more}
 
     def _create(self, session: Session, room: str, name: str | None) -> dict[str, Any]:
         if room in self.rooms:
             raise ProtocolError("room_exists", f"Room {room} already exists")
+        self._writing()
+        self.budgets.create_room(_sources(session))
         name = self._name_for_entry(session, name)
         now = self.clock()
         self.store.add_room(room, now, name)
@@ -407,6 +540,7 @@ class Chat:
         target = self._room(room)
         if session.name is not None and room in session.rooms and name in (None, session.name):
             return self._welcome(session, target)  # already a member: it becomes current
+        self._writing()
         self._name_for_entry(session, name)
         return self._enter(session, target)
 
@@ -415,11 +549,21 @@ class Chat:
         self._remove_member(target, session, "left")
         return {"room": room}
 
-    def _who(self, session: Session, room: str) -> dict[str, Any]:
-        return {"room": room, "members": list(self._room(room).members)}
+    def _who(self, session: Session, room: str, after: str | None, limit: int | None
+             ) -> dict[str, Any]:
+        target = self._room(room)
+        names, more = target.names.page(after, limit or P.LIST_PAGE_DEFAULT)
+        return {"room": room, "members": names, "count": len(target.members), "more": more}
+
+    def _away(self, session: Session, text: str | None) -> dict[str, Any]:
+        self._require_name(session)
+        session.away = text
+        return {"away": text}
 
     def _say(self, session: Session, room: str, text: str, me: bool | None) -> dict[str, Any]:
         target = self._membership(session, room)
+        self._writing()
+        self._charge(session, len(text), len(target.members))
         fields: dict[str, Any] = {"from": session.name, "text": text}
         if me:
             fields["me"] = True
@@ -433,9 +577,10 @@ class Chat:
         recipient = target.members.get(to)
         if recipient is None:
             raise ProtocolError("not_in_room", f"{to} is not in {room}")
+        self._charge(session, len(text), 1)
         self._send(recipient, {"ev": "whisper", "from": session.name, "room": room,
                                "text": text, "ts": self.clock()})
-        return {"to": to, "room": room}
+        return {"to": to, "room": room, **_away_of([recipient])}
 
     def _msg(self, session: Session, to: list[str], text: str) -> dict[str, Any]:
         sender = self._require_name(session)
@@ -445,13 +590,16 @@ class Chat:
         unknown = [n for n in names if n not in self.users]
         if unknown:
             raise ProtocolError("no_such_user", f"No such user: {', '.join(unknown)}")
+        self._charge(session, len(text), len(names))
         event = {"ev": "dm", "from": sender, "to": names, "text": text, "ts": self.clock()}
-        for n in names:
-            self._send(self.users[n], event)
-        return {"to": names}
+        recipients = [self.users[n] for n in names]
+        for recipient in recipients:
+            self._send(recipient, event)
+        return {"to": names, **_away_of(recipients)}
 
     def _broadcast(self, session: Session, text: str) -> dict[str, Any]:
         sender = self._require_name(session)
+        self._charge(session, len(text), len(self.users) - 1)
         event = {"ev": "broadcast", "from": sender, "text": text, "ts": self.clock()}
         recipients = [s for s in self.users.values() if s is not session]
         for s in recipients:
@@ -461,10 +609,15 @@ class Chat:
     def _history(self, session: Session, room: str, before: int | None, after: int | None,
                  limit: int | None) -> dict[str, Any]:
         target = self._membership(session, room)
-        events = self.store.events(room, before=before, after=after,
-                                   limit=limit or self.join_history)
-        return {"room": room, "events": _bounded(events, keep_newest=after is None),
-                "seq": target.seq, "inc": self.incarnation}
+        self._charge(session, 0, 0)  # in debt from earlier pages: wait
+        events, cut = _bounded(self.store.events(room, before=before, after=after,
+                                                 limit=limit or self.join_history),
+                               keep_newest=after is None)
+        self._charged_after(session, events)
+        reply = {"room": room, "events": events, "seq": target.seq, "inc": self.incarnation}
+        if cut:
+            reply["cut"] = True  # shortened by the text cap, not the end of history
+        return reply
 
     # -- the rules behind the commands ----------------------------------------------------
 
@@ -481,9 +634,7 @@ class Chat:
         if session.name != name:
             self._check_owner(session, name, password)
         if session.name not in (None, name) and session.rooms:
-            raise ProtocolError("already_logged_in",
-                                f"Already logged in as {session.name}; "
-                                f"leave your rooms or /logout to change nickname")
+            self._writing()  # a rename is an event in each of its rooms
 
     def _check_owner(self, session: Session, name: str, password: str | None) -> None:
         """A registered nickname goes only to its key, or to whoever knows its password."""
@@ -493,42 +644,65 @@ class Chat:
         if account.key is not None and account.key == session.identity:
             return
         if password is not None and account.pwhash is not None:
-            self._spend_password_check(session)
+            self.budgets.password_check(name, _sources(session))
             if hmac.compare_digest(_hash_password(password, account.salt or b""),
                                    account.pwhash):
+                self.budgets.signed_in(name, _sources(session))
                 return
+            self.budgets.password_failed(name, _sources(session))
             raise ProtocolError("bad_password", f"Wrong password for {name}")
         raise ProtocolError("name_reserved",
                             f"Nickname {name} is registered: /identify {name} PASSWORD")
 
-    def _spend_password_check(self, session: Session) -> None:
-        """Password hashing is slow on purpose. Each session gets a few checks a minute, so
-        guessing is slow and one guesser cannot use up everyone's; the broker as a whole
-        does a bounded number a second, so many guessers cannot stall the loop."""
-        now = self.clock()
-        while self._password_checks and self._password_checks[0] < now - 1.0:
-            self._password_checks.popleft()
-        session.password_checks = [t for t in session.password_checks if t > now - 60.0]
-        if len(session.password_checks) >= P.PASSWORD_CHECKS_PER_MINUTE:
-            raise ProtocolError("rate_limited", "Too many password attempts; try again "
-                                                "in a minute")
-        if len(self._password_checks) >= P.PASSWORD_CHECKS_PER_SECOND:
-            raise ProtocolError("rate_limited", "Too many password attempts; try again")
-        session.password_checks.append(now)
-        self._password_checks.append(now)
+    def _charge(self, session: Session, characters: int, recipients: int) -> None:
+        """Charge what a request will cost to deliver, before it changes anything."""
+        if self.rate <= 0:
+            return
+        cost = characters * max(recipients, 1)
+        if cost > self.delivery_burst:
+            raise ProtocolError("too_large", f"Too large to deliver: {characters} characters "
+                                             f"to {recipients} people is over "
+                                             f"{self.delivery_burst:,.0f}")
+        if not session.delivery.take(self.clock(), self.delivery_rate, self.delivery_burst,
+                                     cost):
+            raise ProtocolError("rate_limited", f"Slow down: at most "
+                                                f"{self.delivery_rate:,.0f} characters a "
+                                                f"second (times recipients)")
+
+    def _charged_after(self, session: Session, events: list[dict[str, Any]]) -> None:
+        """A history page's text is known once read: it is charged then, into debt."""
+        if self.rate > 0:
+            session.delivery.spend(self.clock(), self.delivery_rate, self.delivery_burst,
+                                   sum(P.text_weight(e) for e in events))
+
+    def _writing(self) -> None:
+        """Refuse a request that must write, while the store cannot take writes."""
+        problem = self.store.problem()
+        if problem is not None:
+            raise ProtocolError("store_unavailable",
+                                f"History cannot be written now ({problem}); try later")
 
     def _within_rate(self, bucket: Bucket | None) -> bool:
         return self.rate <= 0 or bucket is None or bucket.take(self.clock(), self.rate,
                                                                self.burst)
 
     def _take_name(self, session: Session, name: str) -> None:
-        if session.name == name:
+        old = session.name
+        if old == name:
             return
-        if session.name is not None:
-            del self.users[session.name]
+        if old is not None:
+            del self.users[old]
+            self._user_names.remove(old)
         session.name = name
         self.users[name] = session
-        log.info("%s logged in", name)
+        self._user_names.add(name)
+        for room in session.rooms.values():  # a rename: told in each of its rooms
+            del room.members[old]
+            room.names.remove(old)
+            room.members[name] = session
+            room.names.add(name)
+            self._room_event(room, "nick", name=name, old=old)
+        log.info("%s logged in", name) if old is None else log.info("%s is now %s", old, name)
 
     def _name_for_entry(self, session: Session, name: str | None) -> str:
         """Check, then settle, the nickname a session enters a room with."""
@@ -563,28 +737,45 @@ class Chat:
     def _enter(self, session: Session, room: Room) -> dict[str, Any]:
         assert session.name is not None
         room.members[session.name] = session
+        room.names.add(session.name)
         session.rooms[room.name] = room
+        self._empty.pop(room.name, None)
         self._room_event(room, "join", name=session.name)
         return self._welcome(session, room)
 
     def _welcome(self, session: Session, room: Room) -> dict[str, Any]:
         """What a member needs to follow a room: its topic, members and recent history."""
-        return {"room": room.name, "name": session.name, "topic": room.topic, "seq": room.seq,
-                "inc": self.incarnation, "members": list(room.members),
-                "history": _bounded(self.store.events(room.name, limit=self.join_history),
-                                    keep_newest=True)}
+        history, cut = _bounded(self.store.events(room.name, limit=self.join_history),
+                                keep_newest=True)
+        self._charged_after(session, history)
+        members, more = room.names.page(None, P.LIST_PAGE_DEFAULT)
+        welcome = {"room": room.name, "name": session.name, "topic": room.topic,
+                   "seq": room.seq, "inc": self.incarnation, "members": members,
+                   "count": len(room.members), "history": history}
+        if more:
+            welcome["more"] = True  # the rest of the members: page with who
+        if cut:
+            welcome["cut"] = True
+        return welcome
 
     def _remove_member(self, room: Room, session: Session, reason: str) -> None:
         assert session.name is not None
         del room.members[session.name]
+        room.names.remove(session.name)
         del session.rooms[room.name]
-        # Announced on the old topic, so the remaining members see it without a gap...
-        self._room_event(room, "leave", name=session.name, reason=reason)
+        if not room.members:
+            self._empty[room.name] = self.clock()
+        rekey = {"ev": "rekey", "room": room.name, "topic": "", "seq": 0}
+        if self.store.problem() is None:
+            # Announced on the old topic, so the remaining members see it without a gap...
+            self._room_event(room, "leave", name=session.name, reason=reason)
+        else:  # no event can be stored: the leave is told in the rekey, out of sequence
+            rekey["left"] = session.name
         # ...then the topic is replaced: what is published next never reaches the leaver.
         self._rotate_topic(room)
+        rekey["topic"], rekey["seq"] = room.topic, room.seq
         for member in room.members.values():
-            self._send(member, {"ev": "rekey", "room": room.name, "topic": room.topic,
-                                "seq": room.seq})
+            self._send(member, rekey)
 
     def _leave_all(self, session: Session, reason: str) -> None:
         for room in list(session.rooms.values()):
@@ -594,6 +785,7 @@ class Chat:
         self._leave_all(session, reason)
         if session.name is not None:
             del self.users[session.name]
+            self._user_names.remove(session.name)
         del self.sessions[session.peer]
         self._spent[session.peer] = session.bucket
         if len(self._spent) > P.ANSWERS_REMEMBERED:
@@ -613,10 +805,13 @@ class Chat:
 
     def _add_room(self, room: Room) -> None:
         self.rooms[room.name] = room
+        self._room_names.add(room.name)
         self._rotate_topic(room)
 
     def _remove_room(self, room: Room) -> None:
         del self.rooms[room.name]
+        self._room_names.remove(room.name)
+        self._empty.pop(room.name, None)
         del self.topics[room.topic]
 
     def _rotate_topic(self, room: Room) -> None:
@@ -628,22 +823,44 @@ class Chat:
         self._out.append(Send(session.peer, body))
 
 
-def _origin(key: tuple[str, int]) -> str:
-    """How the store names the request that made a message: "client id:request id"."""
-    return f"{key[0]}:{key[1]}"
+def _origin(key: tuple[str, str, int]) -> str:
+    """How the store names the request that made a message: "key:client id:request id"
+    (the key shortened to a digest: it only has to tell keys apart)."""
+    owner = hashlib.blake2b(key[0].encode(), digest_size=6).hexdigest() if key[0] else ""
+    return f"{owner}:{key[1]}:{key[2]}"
 
 
-def _bounded(events: list[dict[str, Any]], *, keep_newest: bool) -> list[dict[str, Any]]:
-    """A page of history within HISTORY_TEXT_MAX characters of text (one event at least):
-    a client that asks and never reads cannot make the broker queue megabytes a reply.
-    Clients page on by seq, so a shorter page loses nothing."""
+def _sources(session: Session) -> list[tuple[str, object]]:
+    """Who a session is, for limits that outlive it: its key and its address; a session
+    with neither (plaintext, in tests) only stands for itself."""
+    sources: list[tuple[str, object]] = []
+    if session.identity is not None:
+        sources.append(("key", session.identity))
+    if session.address:
+        sources.append(("address", session.address))
+    return sources or [("peer", session.peer)]
+
+
+def _away_of(recipients: list[Session]) -> dict[str, Any]:
+    """The ``away`` field of a reply: who of the recipients is away, and why."""
+    away = {s.name: s.away for s in recipients if s.away is not None}
+    return {"away": away} if away else {}
+
+
+def _bounded(events: list[dict[str, Any]], *, keep_newest: bool
+             ) -> tuple[list[dict[str, Any]], bool]:
+    """A page of history within HISTORY_TEXT_MAX characters of text (one event at least),
+    and whether the cap cut it short: a client that asks and never reads cannot make the
+    broker queue megabytes a reply. Clients page on by seq, so a shorter page loses
+    nothing. The events kept are the newest of the page (scrolling back) or the oldest
+    (catching up forward), so the page always joins what the client already has."""
     budget, kept = P.HISTORY_TEXT_MAX, []
     for event in reversed(events) if keep_newest else events:
         budget -= P.text_weight(event)
         if kept and budget < 0:
             break
         kept.append(event)
-    return kept[::-1] if keep_newest else kept
+    return (kept[::-1] if keep_newest else kept), len(kept) < len(events)
 
 
 def _hash_password(password: str, salt: bytes) -> bytes:

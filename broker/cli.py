@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--history", type=int, default=P.JOIN_HISTORY_DEFAULT, metavar="N",
                    help=f"events replayed to a joiner (default %(default)s, "
                         f"at most {P.HISTORY_PAGE_MAX})")
+    p.add_argument("--room-lifetime", type=float, default=P.EMPTY_ROOM_LIFETIME,
+                   metavar="SECONDS", help="how long a room may stay empty before it is "
+                   "removed with its history (default %(default)g: a week)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
     return p.parse_args(argv)
 
@@ -80,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.db != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
     store = SqliteStore(args.db, durable=args.durability == "full")
-    chat = Chat(store, max_clients=args.max_clients, join_history=args.history,
-                rate=args.rate, burst=args.burst)
     secret, operators = None, frozenset()
     if args.insecure:
         log.warning("Plaintext mode (--insecure): traffic is readable, identities unchecked")
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         secret, operators = pair.secret, frozenset(keys.operator_keys(directory))
         log.info("Encrypted (CURVE). Broker public key: %s (%s); %d operator key(s)",
                  pair.public.decode(), directory / "broker.key", len(operators))
+    chat = Chat(store, max_clients=args.max_clients, join_history=args.history,
+                rate=args.rate, burst=args.burst, room_lifetime=args.room_lifetime,
+                route_check=keys.RouteCheck(secret) if secret is not None else None)
     ctx = zmq.Context()
     try:
         broker = Broker(chat, ctx, bind=args.bind, pub_bind=args.pub_bind,

@@ -28,6 +28,7 @@ from schema import protocol as P
 
 from .auth import CHAT, CONTROL, ZAP_ENDPOINT, answer
 from .chat import Chat, Delivery, Publish
+from .store import StoreError
 
 log = logging.getLogger("zchat.broker")
 
@@ -43,7 +44,10 @@ FRAME_BYTES = 128 << 10  # ...and bytes, unless it is a single message (a histor
 ROUTER_QUEUE, PUBLISHER_QUEUE = 1000, 1000
 # pyzmq's flag enums cost more to combine than the send itself: plain ints.
 _MORE, _NOW = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
-EXPIRY_CHECK = 0.5  # seconds between scans for silent clients
+EXPIRY_CHECK = 0.5  # seconds between scans for silent clients (and looks at the store)
+# The loop away longer than this (the process stopped, or one long turn) is the broker's
+# own silence: clients' silence during it is pardoned.
+STALL = 0.25
 
 
 def _tune(sock: zmq.Socket, max_frame: int, domain: bytes, secret_key: bytes | None) -> None:
@@ -109,8 +113,9 @@ class Broker:
         next_tick, next_expiry = now + P.ROOM_TICK_INTERVAL, now + EXPIRY_CHECK
         log.info("zchat broker ready: router=%s pub=%s control=%s", self.endpoints["router"],
                  self.endpoints["pub"], self.endpoints["control"])
+        turn_ended = time.monotonic()
         while not self.stopping:
-            wait = max(0.0, min(next_tick, next_expiry) - time.monotonic())
+            wait = max(0.0, min(next_tick, next_expiry) - turn_ended)
             try:
                 # Rounded up: pyzmq truncates a fraction of a millisecond to 0, a busy spin.
                 ready = dict(poller.poll(math.ceil(wait * 1000)))
@@ -118,8 +123,10 @@ class Broker:
                 if exc.errno == errno.EINTR:  # a signal; the handler set self.stopping
                     continue
                 raise
+            started = time.monotonic()
+            self._pardon_stall(started - turn_ended - wait)
             out: list[Delivery] = []
-            control_replies: list[list[bytes]] = []
+            control_replies: list[tuple[list[bytes], dict]] = []
             if self.zap in ready:
                 self._answer_zap()
             if self.router in ready:
@@ -130,17 +137,44 @@ class Broker:
                 self._drain_subscriptions()
             now = time.monotonic()
             if now >= next_expiry:
+                self.chat.store.check()
                 out += self.chat.expire()
                 next_expiry = now + EXPIRY_CHECK
             if now >= next_tick:
                 out += self.chat.ticks()
                 next_tick = now + P.ROOM_TICK_INTERVAL
             # Accepted means stored: nothing leaves before the turn's writes are committed.
-            self.chat.store.commit()
+            out = self._commit(out, control_replies)
             self._deliver(out)
-            for reply in control_replies:
-                self.control.send_multipart(reply, zmq.NOBLOCK)
+            for envelope, reply in control_replies:
+                self.control.send_multipart(envelope + [pack(reply)], zmq.NOBLOCK)
+            turn_ended = time.monotonic()
+            self._pardon_stall(turn_ended - started)
         self._farewell()
+
+    def _pardon_stall(self, seconds: float) -> None:
+        if seconds > STALL:
+            log.warning("The broker was away %.1f s; clients' silence then is pardoned",
+                        seconds)
+            self.chat.pardon(seconds)
+
+    def _commit(self, out: list[Delivery], control: list[tuple[list[bytes], dict]]
+                ) -> list[Delivery]:
+        """Commit the turn; if the store refuses it, send only what did not depend on it."""
+        try:
+            self.chat.store.commit()
+        except StoreError as exc:
+            log.critical("STORE: a commit failed, the turn's writes are lost and were "
+                         "never acknowledged: %s", exc)
+            for k, (envelope, reply) in enumerate(control):
+                if reply.get("wrote"):
+                    control[k] = (envelope, error(reply["re"], ProtocolError(
+                        "store_unavailable", f"History cannot be written now ({exc})")))
+            return self.chat.commit_failed(out, str(exc))
+        self.chat.committed()
+        for _, reply in control:
+            reply.pop("wrote", None)
+        return out
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -174,13 +208,15 @@ class Broker:
                     raise ProtocolError("malformed", "A request is exactly one frame")
                 # Who sent it is what CURVE proved at connect time, never the routing id.
                 identity = body.get("User-Id") or None if self.secure else None
-                out += self.chat.handle(peer, decode(body.bytes), identity)
+                address = "" if peer in self.chat.sessions else body.get("Peer-Address")
+                out += self.chat.handle(peer, decode(body.bytes), identity, address)
             except ProtocolError as err:
                 out += self.chat.refuse(peer, err.rid, err)
         return out
 
-    def _drain_control(self, out: list[Delivery]) -> list[list[bytes]]:
-        """Operator requests; their replies go out after the turn's commit."""
+    def _drain_control(self, out: list[Delivery]) -> list[tuple[list[bytes], dict]]:
+        """Operator requests; their replies go out after the turn's commit (one that
+        wrote to the store is marked, to become an error if the commit fails)."""
         replies = []
         for _ in range(BATCH):
             try:
@@ -199,9 +235,11 @@ class Broker:
             else:
                 log.info("Operator: %s %s", request.cmd,
                          " ".join(f"{k}={v}" for k, v in request.args.items() if v))
+                writes = self.chat.store.writes
                 reply, deliveries = self.chat.admin(request)
+                reply["wrote"] = self.chat.store.writes != writes
                 out += deliveries
-            replies.append(envelope + [pack(reply)])
+            replies.append((envelope, reply))
         return replies
 
     def _drain_subscriptions(self) -> None:
@@ -265,8 +303,7 @@ class Broker:
                         reason = ("unreachable" if exc.errno == errno.EHOSTUNREACH
                                   else "not reading")
                         if peer in self.chat.sessions:
-                            pending += self.chat.gone(peer, reason)
-                            self.chat.store.commit()
+                            pending += self._commit(self.chat.gone(peer, reason), [])
                         break
 
     def _farewell(self) -> None:

@@ -18,8 +18,10 @@ two turns, so that the WAL can start over (see ``_catch_up``).
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,7 +51,14 @@ class Account:
     pwhash: bytes | None
 
 
+class StoreError(Exception):
+    """A commit failed: nothing of the turn was stored (the disk is full, say)."""
+
+
 class Store(Protocol):
+    writes: int  # grows with every write: a request wrote if it grew while it ran
+    def problem(self) -> str | None: ...  # why writes are refused now, if they are
+    def check(self) -> str | None: ...  # look at the disk and the file again; problem()
     def rooms(self) -> list[StoredRoom]: ...
     def add_room(self, name: str, created: float, creator: str) -> None: ...
     def drop_room(self, name: str) -> None: ...
@@ -60,6 +69,8 @@ class Store(Protocol):
                limit: int) -> list[dict[str, Any]]: ...
     def account(self, name: str) -> Account | None: ...
     def save_account(self, account: Account) -> None: ...
+    def drop_account(self, name: str) -> None: ...
+    def accounts_of(self, key: str) -> int: ...
     def commit(self) -> None: ...
     def close(self) -> None: ...
 
@@ -84,30 +95,88 @@ CREATE TABLE IF NOT EXISTS accounts (
     pwhash BLOB
 );
 CREATE INDEX IF NOT EXISTS events_origin ON events (origin) WHERE origin IS NOT NULL;
+CREATE INDEX IF NOT EXISTS accounts_key ON accounts (key) WHERE key IS NOT NULL;
 """
+
+# Writes stop while the disk has less than this free: the broker never fills the disk to
+# the last byte (where SQLite, and anything else on the machine, would start failing).
+DISK_RESERVE = 64 << 20
 
 
 class SqliteStore:
     """The embedded default store: one SQLite file (or ``:memory:``)."""
 
-    def __init__(self, path: str = ":memory:", *, durable: bool = False):
+    def __init__(self, path: str = ":memory:", *, durable: bool = False,
+                 reserve: int = DISK_RESERVE):
+        self._path, self._reserve = path, reserve
+        self._problem: str | None = None  # why writes are refused, if they are
+        self._failed: str | None = None  # the last commit's failure, until space returns
+        self._failed_at = 0.0
         # isolation_level=None: we open and commit transactions ourselves, once per turn.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._file = _identity(path)
         if path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
         self._in_tx = False
+        self._doomed: sqlite3.Error | None = None  # a write of this turn failed
+        self.writes = 0  # statements and rows written, ever: who wrote is told by its growth
         self._rows: list[tuple[str, int, bytes, str | None]] = []
         self._checkpoints: _Checkpoints | None = None
         if path != ":memory:":
             self._db.execute("PRAGMA wal_autocheckpoint=0")  # see _Checkpoints
             self._checkpoints = _Checkpoints(path)
 
-    def _begin(self) -> None:
-        if not self._in_tx:
-            self._db.execute("BEGIN")
-            self._in_tx = True
+    def problem(self) -> str | None:
+        return self._problem
+
+    def check(self) -> str | None:
+        """Look again at what writes need: the file we opened still at its path (a file
+        deleted or replaced underneath would take every later write with it), writable,
+        and room on its disk. Cheap (two stats): the loop calls it twice a second."""
+        if self._file is None:
+            return None
+        problem = None
+        try:
+            if _identity(self._path) != self._file:
+                problem = "the database file was replaced"
+            elif not os.access(self._path, os.W_OK):
+                problem = "the database file is not writable"
+            else:
+                disk = os.statvfs(os.path.dirname(os.path.abspath(self._path)))
+                if disk.f_flag & os.ST_RDONLY:
+                    problem = "the disk is read-only"
+                elif disk.f_bavail * disk.f_frsize < self._reserve:
+                    problem = "the disk is full"
+                elif self._failed is not None and time.monotonic() > self._failed_at + 1.0:
+                    # The disk looks fine again a while after a failed commit: try writes.
+                    log.warning("Store: writes resume (%s earlier)", self._failed)
+                    self._failed = None
+        except FileNotFoundError:
+            problem = "the database file was deleted"
+        problem = problem or self._failed
+        if problem != self._problem:
+            if problem is not None:
+                log.critical("STORE: WRITES REFUSED: %s (%s)", problem, self._path)
+            elif self._problem is not None:
+                log.warning("Store: writable again (%s)", self._path)
+            self._problem = problem
+        return problem
+
+    def _write(self, sql: str, args: Any, *, many: bool = False) -> None:
+        """One statement of the turn's transaction. A failure (a full disk, say) dooms
+        the turn instead of raising into the chat mid-request: commit() reports it."""
+        self.writes += 1
+        if self._doomed is not None:
+            return
+        try:
+            if not self._in_tx:
+                self._db.execute("BEGIN")
+                self._in_tx = True
+            (self._db.executemany if many else self._db.execute)(sql, args)
+        except sqlite3.Error as exc:
+            self._doomed = exc
 
     def rooms(self) -> list[StoredRoom]:
         self._flush()
@@ -119,26 +188,24 @@ class SqliteStore:
         return [StoredRoom(*row) for row in rows]
 
     def add_room(self, name: str, created: float, creator: str) -> None:
-        self._begin()
-        self._db.execute("INSERT INTO rooms VALUES (?, ?, ?)", (name, created, creator))
+        self._write("INSERT INTO rooms VALUES (?, ?, ?)", (name, created, creator))
 
     def drop_room(self, name: str) -> None:
         self._flush()
-        self._begin()
-        self._db.execute("DELETE FROM events WHERE room = ?", (name,))
-        self._db.execute("DELETE FROM rooms WHERE name = ?", (name,))
+        self._write("DELETE FROM events WHERE room = ?", (name,))
+        self._write("DELETE FROM rooms WHERE name = ?", (name,))
 
     def append(self, room: str, seq: int, event: dict[str, Any],
                origin: str | None = None) -> None:
         # Rows wait for the turn's commit (or the next read) and go in with one
         # executemany: a busy room's turn costs one statement, not one per message.
+        self.writes += 1
         self._rows.append((room, seq, msgpack.packb(event, use_bin_type=True), origin))
 
     def _flush(self) -> None:
         if self._rows:
             rows, self._rows = self._rows, []
-            self._begin()
-            self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows)
+            self._write("INSERT INTO events VALUES (?, ?, ?, ?)", rows, many=True)
 
     def seq_of(self, room: str, origin: str) -> int | None:
         """The seq of the event this origin (client id:request id) already made, if any."""
@@ -169,15 +236,36 @@ class SqliteStore:
         return Account(*row) if row else None
 
     def save_account(self, account: Account) -> None:
-        self._begin()
-        self._db.execute("INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?)",
-                         (account.name, account.key, account.salt, account.pwhash))
+        self._write("INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?)",
+                    (account.name, account.key, account.salt, account.pwhash))
+
+    def drop_account(self, name: str) -> None:
+        self._write("DELETE FROM accounts WHERE name = ?", (name,))
+
+    def accounts_of(self, key: str) -> int:
+        (count,) = self._db.execute("SELECT COUNT(*) FROM accounts WHERE key = ?",
+                                    (key,)).fetchone()
+        return count
 
     def commit(self) -> None:
+        """Commit the turn, or raise StoreError having stored none of it."""
         self._flush()
-        if self._in_tx:
-            self._db.execute("COMMIT")
-            self._in_tx = False
+        try:
+            if self._doomed is not None:
+                raise self._doomed
+            if self._in_tx:
+                self._db.execute("COMMIT")
+                self._in_tx = False
+        except sqlite3.Error as exc:
+            self._doomed, self._in_tx = None, False
+            try:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("Store: the rollback failed too")
+            self._failed, self._failed_at = f"a commit failed: {exc}", time.monotonic()
+            self.check()
+            raise StoreError(str(exc)) from exc
         if self._checkpoints is not None and self._checkpoints.wal_long:
             self._catch_up()
 
@@ -208,10 +296,20 @@ class SqliteStore:
     def close(self) -> None:
         try:
             self.commit()
+        except StoreError as exc:
+            log.error("Store: the last turn could not be stored: %s", exc)
         finally:
             if self._checkpoints is not None:
                 self._checkpoints.stop()
             self._db.close()  # the last connection to close checkpoints what is left
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """Which file is at ``path`` (device, inode); None for an in-memory store."""
+    if path == ":memory:":
+        return None
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 class _Checkpoints(threading.Thread):

@@ -13,7 +13,15 @@ from typing import Any
 
 import msgpack
 
-from .protocol import ADMIN_REQUESTS, CLIENT_REQUESTS, Kind, ProtocolError
+from .protocol import (
+    ADMIN_REQUESTS,
+    CLIENT_REQUESTS,
+    PLAIN_DECODE_MAX,
+    RECIPIENTS_MAX,
+    REQUEST_FIELDS_MAX,
+    Kind,
+    ProtocolError,
+)
 
 REQUEST_ID_MAX = (1 << 63) - 1
 
@@ -124,9 +132,62 @@ def parse(message: Any, kinds: Mapping[str, Kind] = CLIENT_REQUESTS) -> Request:
     return Request(rid, cmd, args, retry)
 
 
+def unpack_request(frame: bytes) -> Any:
+    """Decode a request frame for a cost bounded whatever the peer sent.
+
+    msgpack's decode time grows with the number of items, and a megabyte frame can hold a
+    million tiny ones (120 ms of the loop, before any check could refuse it). A request
+    is a small flat map: at most REQUEST_FIELDS_MAX fields whose values are scalars or
+    one array of names. A small frame cannot hold enough items to matter and is decoded
+    at once; a larger one is walked header by header, refusing a container where none
+    may be before decoding anything inside it, so its cost is a few dozen items at most.
+    """
+    if len(frame) <= PLAIN_DECODE_MAX:
+        return unpack(frame)
+    reader = msgpack.Unpacker(raw=False, strict_map_key=True, ext_hook=_refuse_ext,
+                              max_buffer_size=len(frame))
+    reader.feed(frame)
+    try:
+        if frame[0] not in _MAP_HEADERS:
+            raise ValueError("not a map")
+        message: dict[Any, Any] = {}
+        for _ in range(_length(reader.read_map_header(), REQUEST_FIELDS_MAX)):
+            key = _scalar(reader, frame)
+            if frame[reader.tell()] in _ARRAY_HEADERS:
+                length = _length(reader.read_array_header(), RECIPIENTS_MAX)
+                message[key] = [_scalar(reader, frame) for _ in range(length)]
+            else:
+                message[key] = _scalar(reader, frame)
+        if reader.tell() != len(frame):
+            raise ValueError("trailing data")
+        return message
+    except Exception as exc:  # msgpack raises ValueError subclasses, IndexError, etc.
+        raise ProtocolError("malformed") from exc
+
+
+def _length(length: int, limit: int) -> int:
+    if length > limit:
+        raise ValueError("too many items")
+    return length
+
+
+def _scalar(reader: msgpack.Unpacker, frame: bytes) -> Any:
+    """The next item, which must be no container and no ext (refused by its header)."""
+    if frame[reader.tell()] in _NOT_SCALAR:
+        raise ValueError("nested or ext item in a request")
+    return reader.unpack()
+
+
+# msgpack header bytes: maps (fixmap, map 16/32), arrays (fixarray, array 16/32), and
+# ext (fixext 1..16, ext 8/16/32).
+_MAP_HEADERS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+_ARRAY_HEADERS = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
+_NOT_SCALAR = _MAP_HEADERS | _ARRAY_HEADERS | frozenset(range(0xD4, 0xD9)) | {0xC7, 0xC8, 0xC9}
+
+
 def decode(frame: bytes, kinds: Mapping[str, Kind] = CLIENT_REQUESTS) -> Request:
     """Frame to validated Request, or ProtocolError (with the request's id, if usable)."""
-    message = unpack(frame)
+    message = unpack_request(frame)
     try:
         return parse(message, kinds)
     except ProtocolError as err:

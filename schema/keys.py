@@ -16,6 +16,8 @@ The broker creates what is missing at its first start, so one machine needs no s
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +27,7 @@ from pathlib import Path
 import zmq
 import zmq.auth
 import zmq.utils.monitor
+from zmq.utils import z85
 
 DEFAULT_DIR = os.path.join("data", "keys")
 
@@ -96,13 +99,72 @@ def new_pair(directory: Path, name: str) -> Path:
 
 
 def curve_client(sock: zmq.Socket, server_public: bytes, pair: KeyPair | None = None) -> None:
-    """Make ``sock`` a CURVE client of a server with this public key."""
+    """Make ``sock`` a CURVE client of a server with this public key, presenting the
+    routing id bound to its key pair (see ``routing_id``)."""
     if pair is None or pair.secret is None:
         public, secret = zmq.curve_keypair()
         pair = KeyPair(public, secret)
     sock.setsockopt(zmq.CURVE_SERVERKEY, server_public)
     sock.setsockopt(zmq.CURVE_PUBLICKEY, pair.public)
     sock.setsockopt(zmq.CURVE_SECRETKEY, pair.secret)
+    sock.setsockopt(zmq.ROUTING_ID, routing_id(pair.secret, server_public))
+
+
+# --- Routing ids bound to keys -------------------------------------------------------------
+# The broker's ROUTER addresses a client by the routing id the client presents, and a new
+# connection presenting a known id takes its deliveries over. So a routing id must be one
+# that nobody but the holder of the client's secret key can know, whatever the client
+# picked: "z", 8 bytes of the client's choosing (random: one key may hold several
+# sessions), then the first 16 bytes of HMAC-SHA256 keyed with the X25519 secret that the
+# client's key shares with the broker's, over "zchat routing id" and those 8 bytes. The
+# broker recomputes it from its own secret and the client's proven public key, and
+# refuses a session on any other routing id.
+
+_ROUTE_LABEL = b"zchat routing id"
+ROUTE_LENGTH = 1 + 8 + 16
+
+
+def _shared(secret: bytes, public: bytes) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+    return X25519PrivateKey.from_private_bytes(z85.decode(secret)).exchange(
+        X25519PublicKey.from_public_bytes(z85.decode(public)))
+
+
+def _route(shared: bytes, nonce: bytes) -> bytes:
+    return b"z" + nonce + hmac.new(shared, _ROUTE_LABEL + nonce, hashlib.sha256).digest()[:16]
+
+
+def routing_id(client_secret: bytes, server_public: bytes, nonce: bytes | None = None
+               ) -> bytes:
+    """A routing id for a client with this secret key talking to this broker (z85 keys)."""
+    return _route(_shared(client_secret, server_public), nonce or os.urandom(8))
+
+
+class RouteCheck:
+    """The broker's side: is this routing id one bound to this client key? The secrets
+    shared with keys seen recently are remembered, so a reconnect costs no exchange."""
+
+    def __init__(self, server_secret: bytes, remembered: int = 100_000):
+        self._secret = server_secret
+        self._shared: dict[str, bytes] = {}
+        self._remembered = remembered
+
+    def __call__(self, routing_id: bytes, client_public: str) -> bool:
+        if len(routing_id) != ROUTE_LENGTH or routing_id[:1] != b"z":
+            return False
+        shared = self._shared.get(client_public)
+        if shared is None:
+            try:
+                shared = _shared(self._secret, client_public.encode())
+            except ValueError:
+                return False
+            if len(self._shared) >= self._remembered:
+                self._shared.pop(next(iter(self._shared)))
+            self._shared[client_public] = shared
+        return hmac.compare_digest(routing_id, _route(shared, routing_id[1:9]))
 
 
 class HandshakeRefused(Exception):

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .names import is_name_text as _names_rule
+
 # 2: every frame the broker sends a client is an array of messages (1 sent single maps).
 PROTOCOL_VERSION = 2
 
@@ -37,10 +39,17 @@ HISTORY_PAGE_MAX = 200  # events in one history reply...
 HISTORY_TEXT_MAX = 64 * 1024  # ...and characters of text in it (one event at least)
 JOIN_HISTORY_DEFAULT = 50  # events replayed to a joiner
 ROOMS_PER_MEMBER_MAX = 50
+LIST_PAGE_DEFAULT = 100  # names in one page of rooms, users or members...
+LIST_PAGE_MAX = 200  # ...at most, whatever the broker holds (ask again with "after")
+AWAY_MAX = 200  # characters of an away message
 CLIENT_ID_MAX = 64  # characters of the client's self-chosen id (recognises retries)
 PASSWORD_MIN, PASSWORD_MAX = 8, 128  # characters of a nickname's password
 FRAME_MAX = 1 << 20  # bytes of one frame; larger frames are dropped by libzmq (MAXMSGSIZE)
 CONTROL_FRAME_MAX = 64 << 10
+# A request is a small flat map; a frame larger than PLAIN_DECODE_MAX bytes is walked
+# header by header, so that no frame costs the broker more than a few dozen items to read.
+REQUEST_FIELDS_MAX = 16  # fields in one request map
+PLAIN_DECODE_MAX = 512  # bytes: below this a frame cannot hold items enough to matter
 # Bounds subscriptions and also CURVE handshake commands (INITIATE is ~300 bytes). libzmq
 # keeps every subscription a peer *requests* of a manual XPUB until that peer leaves, at
 # ~75 bytes per topic byte: the tighter this, the less a refused subscriber can cost.
@@ -52,8 +61,20 @@ ANSWERS_REMEMBERED = 100_000  # replies kept to answer retried requests without 
 # password checks are costly on purpose, so the whole broker does only a few a second.
 RATE_DEFAULT = 20.0  # requests a second, steady
 BURST_DEFAULT = 100  # requests at once: more than a client re-joining all its rooms sends
+# What a request costs to deliver is charged too, in characters times recipients: one
+# broadcast of 262,000 characters to 40 people is 10 million, not one request. History
+# pages and welcomes are charged by the text they return.
+DELIVERY_RATE_DEFAULT = 4_000_000  # characters delivered a second, steady
+DELIVERY_BURST_DEFAULT = 16_000_000  # characters at once
 PASSWORD_CHECKS_PER_SECOND = 10  # broker-wide
-PASSWORD_CHECKS_PER_MINUTE = 5  # per session
+PASSWORD_CHECKS_PER_MINUTE = 5  # per key and per address, across sessions
+FAILURES_PER_NAME = 20  # wrong passwords for one nickname, from sources never let in...
+FAILURES_WINDOW = 600.0  # ...in this many seconds; then only those let in before may try
+REGISTRATIONS_PER_KEY = 3  # nicknames one key may hold
+REGISTRATIONS_PER_HOUR = 10  # nicknames registered per key and per address
+ROOMS_CREATED_PER_HOUR = 120  # per key and per address
+EMPTY_ROOM_LIFETIME = 7 * 24 * 3600.0  # seconds a room may stay empty before it goes
+MEMBERS_SHOWN = 20  # members named per room in the operator's ls
 
 HEARTBEAT_INTERVAL = 1.0  # seconds between client pings
 PEER_TIMEOUT = 4.0  # a client silent this long is gone; a broker silent this long is dead
@@ -87,6 +108,12 @@ ERRORS: dict[str, str] = {
     "bad_password": "Bad password",
     "credentials_needed": "Give a password",
     "rate_limited": "Slow down",
+    "too_large": "Too large to deliver",
+    "retry_needs_client": "A retry needs a client id",
+    "bad_route": "Routing id not bound to your key",
+    "store_unavailable": "History cannot be written now",
+    "too_many_registrations": "Too many registrations",
+    "not_registered": "Nickname is not registered",
 }
 
 
@@ -106,18 +133,14 @@ class ProtocolError(Exception):
 
 
 def _is_name(value: str, limit: int) -> bool:
-    """Printable, no white space, no comma (lists of names use commas), bounded.
-
-    ``isprintable`` already refuses every white space but the ASCII space (Unicode
-    separators and controls are not printable), so only " " is left to look for.
+    """A nickname or room name: 1..limit characters, printable, no space, no comma (lists
+    of names use commas), not starting with "/" or "#!"; and, so that nobody can pass for
+    someone else, in NFC, with nothing invisible (no default-ignorable code points), only
+    letters, digits and marks of well-known scripts plus ASCII punctuation, and no mixing
+    of scripts but the Japanese and Korean mixes. The rule and its reasons: schema/names.py,
+    whose ``fold`` gives the key under which names are unique.
     """
-    return (
-        0 < len(value) <= limit
-        and value.isprintable()
-        and " " not in value
-        and "," not in value
-        and not value.startswith(("/", "#!"))
-    )
+    return _names_rule(value, limit)
 
 
 def is_nickname(value: str) -> bool:
@@ -178,6 +201,10 @@ def _page(value: int) -> bool:
     return 0 < value <= HISTORY_PAGE_MAX
 
 
+def _list_page(value: int) -> bool:
+    return 0 < value <= LIST_PAGE_MAX
+
+
 def _seq(value: int) -> bool:
     return 0 <= value < 1 << 63
 
@@ -191,6 +218,11 @@ PASSWORD = Field("password", str, required=False, rule=is_password, error="bad_p
                  doc=f"{PASSWORD_MIN}..{PASSWORD_MAX} characters (optional)")
 REASON = Field("reason", str, required=False, rule=is_reason, error="bad_reason",
                doc="why (optional, shown to those affected)")
+# Paging of listings: names sort as strings; a page holds those after "after".
+AFTER = Field("after", str, required=False, rule=lambda v: len(v) <= ROOM_MAX,
+              doc="list only names sorting after this one (the last of the previous page)")
+LIMIT = Field("limit", int, required=False, rule=_list_page,
+              doc=f"names in the page, 1..{LIST_PAGE_MAX}, default {LIST_PAGE_DEFAULT}")
 
 
 @dataclass(frozen=True)
@@ -219,12 +251,12 @@ CLIENT_REQUESTS = _kinds(
     Kind("register", (PASSWORD,),
          "reserve your nickname to your key, or to a password if one is given"),
     Kind("logout", (), "give up the nickname and leave every room"),
-    Kind("users", (), "list logged-in users"),
-    Kind("rooms", (), "list rooms with their member counts"),
+    Kind("users", (AFTER, LIMIT), "list logged-in users, a page at a time"),
+    Kind("rooms", (AFTER, LIMIT), "list rooms with their member counts, a page at a time"),
     Kind("create", (ROOM, OPT_NICK), "create a room and enter it"),
     Kind("join", (ROOM, OPT_NICK), "enter a room; the reply carries its topic and history"),
     Kind("leave", (ROOM,), "leave a room"),
-    Kind("who", (ROOM,), "list a room's members"),
+    Kind("who", (ROOM, AFTER, LIMIT), "list a room's members, a page at a time"),
     Kind("say", (ROOM, TEXT, Field("me", bool, required=False, doc="an action (/me)")),
          "send a message to a room you are in"),
     Kind("whisper", (ROOM, Field("to", str, rule=is_nickname, error="bad_username"), TEXT),
@@ -239,16 +271,21 @@ CLIENT_REQUESTS = _kinds(
         Field("after", int, required=False, rule=_seq, doc="only events with seq > after"),
         Field("limit", int, required=False, rule=_page, doc="1..200, default 50"),
     ), "page through a room's stored events"),
+    Kind("away", (Field("text", str, required=False,
+                        rule=lambda v: 0 < len(v) <= AWAY_MAX and v.isprintable(),
+                        error="bad_message", doc="why you are away; absent: you are back"),),
+         "set or clear your away message, told to those who message you"),
     Kind("bye", (), "end the session (logout and forget this client)"),
 )
 
 # Requests the admin tool sends to the broker's control socket.
 ADMIN_REQUESTS = _kinds(
-    Kind("ls", (), "rooms with member counts and members"),
-    Kind("users", (), "users online and their rooms"),
+    Kind("ls", (AFTER, LIMIT), "rooms with member counts and members, a page at a time"),
+    Kind("users", (AFTER, LIMIT), "users online and their rooms, a page at a time"),
     Kind("kill", (ROOM, REASON), "destroy a room, ejecting its members"),
     Kind("kick", (NICK, REASON), "disconnect a user's session"),
     Kind("stats", (), "uptime, clients, rooms, messages in and out"),
+    Kind("release", (NICK,), "forget a registered nickname, so anyone may take it"),
 )
 
 # Events the broker sends without being asked (ROUTER, to one client).
@@ -266,6 +303,7 @@ DIRECT_EVENTS = {
 ROOM_EVENTS = {
     "msg": "a chat message: room, seq, from, text, ts, me (optional)",
     "join": "a member entered: room, seq, name, ts",
+    "nick": "a member changed nickname: room, seq, name (the new one), old, ts",
     "leave": "a member left: room, seq, name, ts, reason (optional)",
 }
 # Published but not sequenced: tells subscribers the room's latest seq.

@@ -190,7 +190,7 @@ def test_router_answers_every_bad_request_with_an_error_code_and_changes_nothing
     assert admin_json(broker.control, "ls")["rooms"] == []
     assert admin_json(broker.control, "users")["users"] == []
     reply = answer(dealer, pack({"id": 99, "cmd": "users"}))
-    assert reply == {"re": 99, "ok": True, "users": []}
+    assert reply == {"re": 99, "ok": True, "users": [], "more": False}
     assert broker.proc.poll() is None
 
 
@@ -216,7 +216,8 @@ def test_control_socket_answers_every_bad_request_with_an_error_code(broker, ctx
         got.append((reply["code"], reply["re"]))
     assert got == [(code, rid) for _, code, rid in cases]
     assert ask_control(req, pack({"id": 9, "cmd": "ls"})) == {"re": 9, "ok": True,
-                                                             "rooms": []}
+                                                              "more": False, "total": 0,
+                                                              "rooms": []}
 
 
 # --- garbage everywhere, then business as usual ------------------------------------------

@@ -1,0 +1,110 @@
+"""What one source may do across sessions: password guesses, registrations, new rooms.
+
+A session's own limits end with it, and opening a new session costs a client nothing: so
+these are kept by nickname, by key and by address, in the chat core's memory (a restart
+forgets them, which only ever favours the honest).
+
+Guessing a password is what these are mostly for. Each guess costs the loop a deliberately
+slow hash, so the broker does at most a few a second in all; no key or address may use
+that up for everyone else, and a name's owner still gets in while someone hammers it:
+failures count against the name only for sources that never got in as that name, and the
+sources that did (its key, its address) are not held back by them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
+
+from schema import ProtocolError
+from schema import protocol as P
+
+SOURCES_REMEMBERED = 100_000  # windows kept (least recently used go first)
+
+
+class Windows:
+    """Counts of events per key in a sliding window: at most ``limit`` per ``seconds``."""
+
+    def __init__(self, limit: int, seconds: float, clock: Callable[[], float]):
+        self.limit, self.seconds, self._clock = limit, seconds, clock
+        self._times: OrderedDict[Hashable, deque[float]] = OrderedDict()
+
+    def full(self, key: Hashable) -> bool:
+        times = self._times.get(key)
+        if times is None:
+            return False
+        horizon = self._clock() - self.seconds
+        while times and times[0] <= horizon:
+            times.popleft()
+        return len(times) >= self.limit
+
+    def note(self, key: Hashable) -> None:
+        times = self._times.pop(key, None) or deque()
+        times.append(self._clock())
+        self._times[key] = times  # most recently used last
+        if len(self._times) > SOURCES_REMEMBERED:
+            self._times.popitem(last=False)
+
+
+Source = tuple[str, object]  # ("key", z85), ("address", ip) or, lacking both, ("peer", id)
+
+
+class Budgets:
+    def __init__(self, clock: Callable[[], float]):
+        self._checks = Windows(P.PASSWORD_CHECKS_PER_SECOND, 1.0, clock)  # broker-wide
+        self._guesses = Windows(P.PASSWORD_CHECKS_PER_MINUTE, 60.0, clock)  # per source
+        self._failures = Windows(P.FAILURES_PER_NAME, P.FAILURES_WINDOW, clock)  # per name
+        self._trusted: OrderedDict[tuple[str, Source], None] = OrderedDict()
+        self._registrations = Windows(P.REGISTRATIONS_PER_HOUR, 3600.0, clock)
+        self._creations = Windows(P.ROOMS_CREATED_PER_HOUR, 3600.0, clock)
+
+    # -- passwords ------------------------------------------------------------------------
+
+    def password_check(self, name: str, sources: list[Source]) -> None:
+        """May this source have one more password checked for ``name``? Counts it."""
+        if any(self._guesses.full(s) for s in sources):
+            raise ProtocolError("rate_limited",
+                                "Too many password attempts; try again in a minute")
+        trusted = any((name, s) in self._trusted for s in sources)
+        if not trusted and self._failures.full(name):
+            raise ProtocolError("rate_limited", f"Too many wrong passwords for {name} "
+                                                f"lately; try again later")
+        if self._checks.full("all"):
+            raise ProtocolError("rate_limited", "Too many password attempts; try again")
+        self._checks.note("all")
+        for source in sources:
+            self._guesses.note(source)
+
+    def password_failed(self, name: str, sources: list[Source]) -> None:
+        if not any((name, s) in self._trusted for s in sources):
+            self._failures.note(name)
+
+    def signed_in(self, name: str, sources: list[Source]) -> None:
+        """This source got in as ``name``: others' failures no longer hold it back."""
+        for source in sources:
+            self._trusted[(name, source)] = None
+            self._trusted.move_to_end((name, source))
+        while len(self._trusted) > SOURCES_REMEMBERED:
+            self._trusted.popitem(last=False)
+
+    # -- squatting ------------------------------------------------------------------------
+
+    def register(self, sources: list[Source], accounts_of_key: int) -> None:
+        """May this source reserve one more nickname? Counts it."""
+        if accounts_of_key >= P.REGISTRATIONS_PER_KEY:
+            raise ProtocolError("too_many_registrations",
+                                f"This key holds {accounts_of_key} nicknames already "
+                                f"(at most {P.REGISTRATIONS_PER_KEY})")
+        if any(self._registrations.full(s) for s in sources):
+            raise ProtocolError("too_many_registrations",
+                                "Too many registrations from here; try again later")
+        for source in sources:
+            self._registrations.note(source)
+
+    def create_room(self, sources: list[Source]) -> None:
+        """May this source create one more room? Counts it."""
+        if any(self._creations.full(s) for s in sources):
+            raise ProtocolError("rate_limited", f"Too many new rooms from here: at most "
+                                                f"{P.ROOMS_CREATED_PER_HOUR} an hour")
+        for source in sources:
+            self._creations.note(source)
