@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schema import ProtocolError, Request, error, ok, pack, unpack
+from schema.names import fold
 from schema import protocol as P
 
 from .budgets import Budgets
@@ -169,11 +170,14 @@ class Chat:
         self.incarnation = token()
         self.counters = Counters(started=clock())
         self.sessions: dict[bytes, Session] = {}
+        # Users, rooms, members and accounts are keyed by the fold of their names (see
+        # schema.names): "Alice" and a Cyrillic look-alike are alice. Names are shown as
+        # they were first typed.
         self.users: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {}
         self.topics: dict[bytes, Room] = {}
-        self._user_names = Names()  # self.users' keys, sorted for paging
-        self._room_names = Names()  # self.rooms' keys, likewise
+        self._user_names = Names()  # the users' names, sorted for paging
+        self._room_names = Names()  # the rooms' names, likewise
         # Rooms nobody is in, oldest emptied first: removed once empty for room_lifetime.
         self._empty: OrderedDict[str, float] = OrderedDict()
         self.budgets = Budgets(clock)  # password guesses, registrations: per name, address
@@ -191,7 +195,7 @@ class Chat:
         for stored in store.rooms():
             room = Room(stored.name, stored.created, stored.creator, stored.last_seq)
             self._add_room(room)
-            self._empty[room.name] = now  # empty until someone comes back
+            self._empty[fold(room.name)] = now  # empty until someone comes back
 
     # -- entry points used by the broker loop ---------------------------------------------
 
@@ -306,7 +310,8 @@ class Chat:
             return unpack(answer)
         if request.cmd == "say":
             room = request.args["room"]
-            seq = self.store.seq_of(room, _origin(key))
+            target = self.rooms.get(fold(room))
+            seq = self.store.seq_of(target.name, _origin(key)) if target else None
             if seq is not None:
                 return ok(request.id, room=room, seq=seq)
         return None
@@ -350,7 +355,7 @@ class Chat:
             name, since = next(iter(self._empty.items()))
             if since > now - self.room_lifetime:
                 break
-            room = self.rooms[name]
+            room = self.rooms[name]  # (name is a fold here)
             self._remove_room(room)
             self.store.drop_room(name)
             log.info("Room %s removed: empty for %.0f s", name, now - since)
@@ -385,7 +390,7 @@ class Chat:
 
     def _admin_ls(self, after: str | None, limit: int | None) -> dict[str, Any]:
         names, more = self._room_names.page(after, limit or P.LIST_PAGE_DEFAULT)
-        rooms = [self.rooms[n] for n in names]
+        rooms = [self.rooms[fold(n)] for n in names]
         return {"rooms": [{"room": r.name, "count": len(r.members), "seq": r.seq,
                            "members": r.names.page(None, P.MEMBERS_SHOWN)[0],
                            "creator": r.creator} for r in rooms],
@@ -393,14 +398,15 @@ class Chat:
 
     def _admin_users(self, after: str | None, limit: int | None) -> dict[str, Any]:
         names, more = self._user_names.page(after, limit or P.LIST_PAGE_DEFAULT)
-        return {"users": [{"name": n, "rooms": list(self.users[n].rooms)} for n in names],
+        return {"users": [{"name": n, "rooms": [r.name for r in self.users[fold(n)].rooms.values()]}
+                          for n in names],
                 "anonymous": len(self.sessions) - len(self.users), "more": more}
 
     def _admin_release(self, name: str) -> dict[str, Any]:
-        if self.store.account(name) is None:
+        if self.store.account(fold(name)) is None:
             raise ProtocolError("not_registered", f"{name} is not registered")
         self._writing()
-        self.store.drop_account(name)
+        self.store.drop_account(fold(name))
         log.info("Operator released the nickname %s", name)
         return {"name": name}
 
@@ -410,7 +416,7 @@ class Chat:
         why = reason or "killed by the operator"
         members = list(target.members.values())
         for member in members:
-            del member.rooms[target.name]
+            del member.rooms[fold(target.name)]
             self._send(member, {"ev": "ejected", "room": target.name, "reason": why})
         self._remove_room(target)
         self.store.drop_room(target.name)
@@ -418,7 +424,7 @@ class Chat:
         return {"room": target.name, "ejected": [m.name for m in members]}
 
     def _admin_kick(self, name: str, reason: str | None) -> dict[str, Any]:
-        session = self.users.get(name)
+        session = self.users.get(fold(name))
         if session is None:
             raise ProtocolError("no_such_user", f"No such user: {name}")
         why = reason or "kicked by the operator"
@@ -485,24 +491,24 @@ class Chat:
             raise ProtocolError("credentials_needed",
                                 "Give a password: /register PASSWORD (you have no key)")
         self._writing()
-        renewal = self.store.account(name) is not None  # its owner, changing how
+        renewal = self.store.account(fold(name)) is not None  # its owner, changing how
         if not renewal:
             self.budgets.register(_sources(session), self.store.accounts_of(session.identity)
                                   if session.identity else 0)
         salt = pwhash = None
         if password is not None:
-            self.budgets.password_check(name, _sources(session))
+            self.budgets.password_check(fold(name), _sources(session))
             salt = secrets.token_bytes(16)
             pwhash = _hash_password(password, salt)
-        self.store.save_account(Account(name, session.identity, salt, pwhash))
-        self.budgets.signed_in(name, _sources(session))
+        self.store.save_account(Account(fold(name), session.identity, salt, pwhash))
+        self.budgets.signed_in(fold(name), _sources(session))
         log.info("%s registered (%s)", name, "password" if password else "key")
         return {"name": name, "by": "password" if password else "key"}
 
     def _logout(self, session: Session) -> dict[str, Any]:
         name = self._require_name(session)
         self._leave_all(session, "logged out")
-        del self.users[name]
+        del self.users[fold(name)]
         self._user_names.remove(name)
         session.name = None
         log.info("%s logged out", name)
@@ -520,11 +526,12 @@ class Chat:
     def _rooms(self, session: Session, after: str | None, limit: int | None
                ) -> dict[str, Any]:
         names, more = self._room_names.page(after, limit or P.LIST_PAGE_DEFAULT)
-        return {"rooms": [{"room": n, "count": len(self.rooms[n].members)} for n in names],
+        return {"rooms": [{"room": n, "count": len(self.rooms[fold(n)].members)}
+                          for n in names],
                 "more": more}
 
     def _create(self, session: Session, room: str, name: str | None) -> dict[str, Any]:
-        if room in self.rooms:
+        if fold(room) in self.rooms:
             raise ProtocolError("room_exists", f"Room {room} already exists")
         self._writing()
         self.budgets.create_room(_sources(session))
@@ -538,7 +545,8 @@ class Chat:
 
     def _join(self, session: Session, room: str, name: str | None) -> dict[str, Any]:
         target = self._room(room)
-        if session.name is not None and room in session.rooms and name in (None, session.name):
+        if session.name is not None and fold(target.name) in session.rooms \
+                and name in (None, session.name):
             return self._welcome(session, target)  # already a member: it becomes current
         self._writing()
         self._name_for_entry(session, name)
@@ -547,13 +555,14 @@ class Chat:
     def _leave(self, session: Session, room: str) -> dict[str, Any]:
         target = self._membership(session, room)
         self._remove_member(target, session, "left")
-        return {"room": room}
+        return {"room": target.name}
 
     def _who(self, session: Session, room: str, after: str | None, limit: int | None
              ) -> dict[str, Any]:
         target = self._room(room)
         names, more = target.names.page(after, limit or P.LIST_PAGE_DEFAULT)
-        return {"room": room, "members": names, "count": len(target.members), "more": more}
+        return {"room": target.name, "members": names, "count": len(target.members),
+                "more": more}
 
     def _away(self, session: Session, text: str | None) -> dict[str, Any]:
         self._require_name(session)
@@ -568,31 +577,32 @@ class Chat:
         if me:
             fields["me"] = True
         self.counters.room_messages += 1
-        return {"room": room, "seq": self._room_event(target, "msg", **fields)}
+        return {"room": target.name, "seq": self._room_event(target, "msg", **fields)}
 
     def _whisper(self, session: Session, room: str, to: str, text: str) -> dict[str, Any]:
         target = self._membership(session, room)
-        if to == session.name:
+        if fold(to) == fold(session.name or ""):
             raise ProtocolError("self_message")
-        recipient = target.members.get(to)
+        recipient = target.members.get(fold(to))
         if recipient is None:
             raise ProtocolError("not_in_room", f"{to} is not in {room}")
         self._charge(session, len(text), 1)
-        self._send(recipient, {"ev": "whisper", "from": session.name, "room": room,
+        self._send(recipient, {"ev": "whisper", "from": session.name, "room": target.name,
                                "text": text, "ts": self.clock()})
-        return {"to": to, "room": room, **_away_of([recipient])}
+        return {"to": recipient.name, "room": target.name, **_away_of([recipient])}
 
     def _msg(self, session: Session, to: list[str], text: str) -> dict[str, Any]:
         sender = self._require_name(session)
-        names = list(dict.fromkeys(to))  # drop repeats, keep order
-        if sender in names:
+        keys = list(dict.fromkeys(fold(n) for n in to))  # drop repeats, keep order
+        if fold(sender) in keys:
             raise ProtocolError("self_message")
-        unknown = [n for n in names if n not in self.users]
+        unknown = [n for n in to if fold(n) not in self.users]
         if unknown:
             raise ProtocolError("no_such_user", f"No such user: {', '.join(unknown)}")
-        self._charge(session, len(text), len(names))
+        self._charge(session, len(text), len(keys))
+        recipients = [self.users[k] for k in keys]
+        names = [r.name for r in recipients]
         event = {"ev": "dm", "from": sender, "to": names, "text": text, "ts": self.clock()}
-        recipients = [self.users[n] for n in names]
         for recipient in recipients:
             self._send(recipient, event)
         return {"to": names, **_away_of(recipients)}
@@ -610,11 +620,12 @@ class Chat:
                  limit: int | None) -> dict[str, Any]:
         target = self._membership(session, room)
         self._charge(session, 0, 0)  # in debt from earlier pages: wait
-        events, cut = _bounded(self.store.events(room, before=before, after=after,
+        events, cut = _bounded(self.store.events(target.name, before=before, after=after,
                                                  limit=limit or self.join_history),
                                keep_newest=after is None)
         self._charged_after(session, events)
-        reply = {"room": room, "events": events, "seq": target.seq, "inc": self.incarnation}
+        reply = {"room": target.name, "events": events, "seq": target.seq,
+                 "inc": self.incarnation}
         if cut:
             reply["cut"] = True  # shortened by the text cap, not the end of history
         return reply
@@ -628,28 +639,28 @@ class Chat:
 
     def _check_name(self, session: Session, name: str, password: str | None = None) -> None:
         """May this session take this nickname now?"""
-        holder = self.users.get(name)
+        holder = self.users.get(fold(name))
         if holder is not None and holder is not session:
             raise ProtocolError("name_taken", f"Nickname {name} is taken")
-        if session.name != name:
+        if session.name is None or fold(session.name) != fold(name):
             self._check_owner(session, name, password)
         if session.name not in (None, name) and session.rooms:
             self._writing()  # a rename is an event in each of its rooms
 
     def _check_owner(self, session: Session, name: str, password: str | None) -> None:
         """A registered nickname goes only to its key, or to whoever knows its password."""
-        account = self.store.account(name)
+        account = self.store.account(fold(name))
         if account is None:
             return
         if account.key is not None and account.key == session.identity:
             return
         if password is not None and account.pwhash is not None:
-            self.budgets.password_check(name, _sources(session))
+            self.budgets.password_check(fold(name), _sources(session))
             if hmac.compare_digest(_hash_password(password, account.salt or b""),
                                    account.pwhash):
-                self.budgets.signed_in(name, _sources(session))
+                self.budgets.signed_in(fold(name), _sources(session))
                 return
-            self.budgets.password_failed(name, _sources(session))
+            self.budgets.password_failed(fold(name), _sources(session))
             raise ProtocolError("bad_password", f"Wrong password for {name}")
         raise ProtocolError("name_reserved",
                             f"Nickname {name} is registered: /identify {name} PASSWORD")
@@ -691,15 +702,15 @@ class Chat:
         if old == name:
             return
         if old is not None:
-            del self.users[old]
+            del self.users[fold(old)]
             self._user_names.remove(old)
         session.name = name
-        self.users[name] = session
+        self.users[fold(name)] = session
         self._user_names.add(name)
         for room in session.rooms.values():  # a rename: told in each of its rooms
-            del room.members[old]
+            del room.members[fold(old)]
             room.names.remove(old)
-            room.members[name] = session
+            room.members[fold(name)] = session
             room.names.add(name)
             self._room_event(room, "nick", name=name, old=old)
         log.info("%s logged in", name) if old is None else log.info("%s is now %s", old, name)
@@ -719,27 +730,27 @@ class Chat:
         while True:
             self._guests += 1
             name = f"Guest{self._guests}"
-            if name not in self.users and self.store.account(name) is None:
+            if fold(name) not in self.users and self.store.account(fold(name)) is None:
                 return name
 
     def _room(self, name: str) -> Room:
-        room = self.rooms.get(name)
+        room = self.rooms.get(fold(name))
         if room is None:
             raise ProtocolError("no_such_room", f"No such room: {name}")
         return room
 
     def _membership(self, session: Session, name: str) -> Room:
         room = self._room(name)
-        if session.name is None or session.rooms.get(name) is not room:
+        if session.name is None or session.rooms.get(fold(room.name)) is not room:
             raise ProtocolError("not_a_member", f"You are not in {name}")
         return room
 
     def _enter(self, session: Session, room: Room) -> dict[str, Any]:
         assert session.name is not None
-        room.members[session.name] = session
+        room.members[fold(session.name)] = session
         room.names.add(session.name)
-        session.rooms[room.name] = room
-        self._empty.pop(room.name, None)
+        session.rooms[fold(room.name)] = room
+        self._empty.pop(fold(room.name), None)
         self._room_event(room, "join", name=session.name)
         return self._welcome(session, room)
 
@@ -760,11 +771,11 @@ class Chat:
 
     def _remove_member(self, room: Room, session: Session, reason: str) -> None:
         assert session.name is not None
-        del room.members[session.name]
+        del room.members[fold(session.name)]
         room.names.remove(session.name)
-        del session.rooms[room.name]
+        del session.rooms[fold(room.name)]
         if not room.members:
-            self._empty[room.name] = self.clock()
+            self._empty[fold(room.name)] = self.clock()
         rekey = {"ev": "rekey", "room": room.name, "topic": "", "seq": 0}
         if self.store.problem() is None:
             # Announced on the old topic, so the remaining members see it without a gap...
@@ -784,7 +795,7 @@ class Chat:
     def _end_session(self, session: Session, reason: str) -> None:
         self._leave_all(session, reason)
         if session.name is not None:
-            del self.users[session.name]
+            del self.users[fold(session.name)]
             self._user_names.remove(session.name)
         del self.sessions[session.peer]
         self._spent[session.peer] = session.bucket
@@ -804,14 +815,18 @@ class Chat:
         return room.seq
 
     def _add_room(self, room: Room) -> None:
-        self.rooms[room.name] = room
+        if fold(room.name) in self.rooms:  # stored before names were folded
+            log.warning("Room %s is hidden by %s: their names are alike", room.name,
+                        self.rooms[fold(room.name)].name)
+            return
+        self.rooms[fold(room.name)] = room
         self._room_names.add(room.name)
         self._rotate_topic(room)
 
     def _remove_room(self, room: Room) -> None:
-        del self.rooms[room.name]
+        del self.rooms[fold(room.name)]
         self._room_names.remove(room.name)
-        self._empty.pop(room.name, None)
+        self._empty.pop(fold(room.name), None)
         del self.topics[room.topic]
 
     def _rotate_topic(self, room: Room) -> None:

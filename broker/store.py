@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 import msgpack
 
+from schema.names import fold
+
 log = logging.getLogger("zchat.broker")
 
 CHECKPOINT_INTERVAL = 0.5  # seconds between the checkpoint thread's rounds
@@ -43,7 +45,8 @@ class StoredRoom:
 
 @dataclass(frozen=True)
 class Account:
-    """A registered nickname: who may take it (a CURVE key, a password hash, or both)."""
+    """A registered nickname: who may take it (a CURVE key, a password hash, or both).
+    ``name`` is the fold of the nickname (schema.names.fold), its key in the store."""
 
     name: str
     key: str | None
@@ -119,6 +122,7 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
+        self._fold_accounts()
         self._in_tx = False
         self._doomed: sqlite3.Error | None = None  # a write of this turn failed
         self.writes = 0  # statements and rows written, ever: who wrote is told by its growth
@@ -127,6 +131,19 @@ class SqliteStore:
         if path != ":memory:":
             self._db.execute("PRAGMA wal_autocheckpoint=0")  # see _Checkpoints
             self._checkpoints = _Checkpoints(path)
+
+    def _fold_accounts(self) -> None:
+        """Accounts are keyed by the fold of their nickname (schema.names); a store made
+        before that is brought in line once. Of two that fold alike, the first stays."""
+        rows = self._db.execute("SELECT name FROM accounts").fetchall()
+        for (name,) in rows:
+            key = fold(name)
+            if key == name:
+                continue
+            if self._db.execute("SELECT 1 FROM accounts WHERE name = ?", (key,)).fetchone():
+                log.warning("Store: account %r is hidden by one alike; left as it is", name)
+                continue
+            self._db.execute("UPDATE accounts SET name = ? WHERE name = ?", (key, name))
 
     def problem(self) -> str | None:
         return self._problem

@@ -247,10 +247,27 @@ def test_login_with_a_taken_name_is_refused_naming_it(chat):
     assert chat.sessions[B].name is None
 
 
-def test_nicknames_are_case_sensitive(chat):
+def test_names_are_one_whatever_their_case_or_look_alike_letters(chat):
     connect(chat, A, "bob")
-    connect(chat, B, "Bob")
-    assert ok(chat, A, "users")["users"] == ["Bob", "bob"]
+    connect(chat, B)
+    for alike in ("Bob", "BOB", "ｂｏｂ"):
+        assert refused(chat, B, "login", name=alike)["code"] == "name_taken", alike
+    ok(chat, A, "create", room="Lounge")
+    assert refused(chat, B, "create", room="lounge")["code"] == "room_exists"
+    ok(chat, B, "login", name="carol")
+    reply = ok(chat, B, "join", room="LOUNGE")
+    assert reply["room"] == "Lounge"  # shown as its creator typed it
+    assert ok(chat, A, "users")["users"] == ["bob", "carol"]
+    assert ok(chat, B, "msg", to=["BOB"], text="hi")["to"] == ["bob"]
+
+
+def test_a_registered_name_is_protected_in_every_spelling(chat):
+    connect(chat, A, "alice")
+    ok(chat, A, "register", password="correct horse")
+    ok(chat, A, "logout")
+    connect(chat, B)
+    for alike in ("Alice", "ALICE", "\u0430\u04cf\u0456\u0441\u0435"):  # the last: Cyrillic
+        assert refused(chat, B, "login", name=alike)["code"] == "name_reserved", alike
 
 
 def test_login_again_with_ones_own_name_is_ok_even_in_a_room(chat):
@@ -414,7 +431,7 @@ def test_guests_without_a_name_get_unique_names(chat):
     connect(chat, C)
     assert ok(chat, B, "join", room="lounge")["name"] == "Guest1"
     assert ok(chat, C, "join", room="lounge")["name"] == "Guest2"
-    assert list(chat.rooms["lounge"].members) == ["alice", "Guest1", "Guest2"]
+    assert list(chat.rooms["lounge"].names) == ["Guest1", "Guest2", "alice"]
 
 
 def test_guest_names_skip_nicknames_already_taken(chat):
