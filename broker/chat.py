@@ -187,8 +187,8 @@ class Chat:
         # collection to walk (88 ms each under the dm benchmark); as bytes, none.
         self._answers: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._request_key: tuple[str, str, int] | None = None  # (key, client id, request id)
-        # (peer, remembered-reply key) of each request of this turn that wrote to the store
-        self._turn_writers: list[tuple[bytes, tuple[str, str, int] | None]] = []
+        # (peer, remembered-reply key, request id) of each request of this turn that wrote
+        self._turn_writers: list[tuple[bytes, tuple[str, str, int] | None, int]] = []
         # The rate buckets of ended sessions, by routing id: a new hello does not refill.
         self._spent: OrderedDict[bytes, Bucket] = OrderedDict()
         now = clock()
@@ -237,7 +237,7 @@ class Chat:
             if len(self._answers) > P.ANSWERS_REMEMBERED:
                 self._answers.popitem(last=False)
         if self.store.writes != writes:
-            self._turn_writers.append((peer, key))
+            self._turn_writers.append((peer, key, request.id))
         out.insert(0, Send(peer, reply))
         return out
 
@@ -250,12 +250,17 @@ class Chat:
         may still be sent, and put the chat back in line with the store.
 
         Nothing that acknowledged or published a write may go out: room events are
-        dropped, and the sessions that wrote are ended (their clients reconnect and
-        resume, and are refused writes while the store cannot take them). Room seqs go
-        back to what is stored, so no seq is ever used for two events.
+        dropped, the requests that wrote are answered with an error instead, and the
+        sessions that made them are ended (what they did in memory was never stored;
+        their clients reconnect and resume, and are refused writes while the store cannot
+        take them). Room seqs go back to what is stored: no seq is used for two events.
         """
-        writers = {peer for peer, _ in self._turn_writers}
-        for _, key in self._turn_writers:
+        writers = {peer for peer, _, _ in self._turn_writers}
+        refusal = ProtocolError("store_unavailable",
+                                f"History cannot be written now ({reason}); nothing of "
+                                f"this request was kept")
+        errors = [Send(peer, error(rid, refusal)) for peer, _, rid in self._turn_writers]
+        for _, key, _ in self._turn_writers:
             self._answers.pop(key, None)  # a retry must not be told "ok" for a lost write
         self._turn_writers.clear()
         self._out = []
@@ -272,7 +277,7 @@ class Chat:
             else:
                 room.seq = stored[room.name]
         kept = [d for d in deliveries if isinstance(d, Send) and d.peer not in writers]
-        return kept + [d for d in self._out if isinstance(d, Send)]
+        return errors + kept + [d for d in self._out if isinstance(d, Send)]
 
     def _admit(self, peer: bytes, request: Request, identity: str | None) -> Session | None:
         """The session a request belongs to; None for a hello that will open one.

@@ -16,7 +16,7 @@ from schema import protocol as P
 
 from .chat import Chat
 from .server import Broker
-from .store import SqliteStore
+from .store import DISK_RESERVE, SqliteStore
 
 log = logging.getLogger("zchat.broker")
 
@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default %(default)s)")
     p.add_argument("--durability", choices=("normal", "full"), default="normal",
                    help="normal: survives a broker crash; full: also a power cut, slower")
+    p.add_argument("--disk-reserve", type=int, default=DISK_RESERVE, metavar="BYTES",
+                   help="refuse writes while the store's disk has less free "
+                        "(default %(default)s)")
     p.add_argument("--keys", metavar="DIR",
                    help="CURVE key directory, created if missing (default $ZCHAT_KEYS, "
                         "else 'keys' beside the --db file)")
@@ -44,6 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default %(default)s; 0 = unlimited)")
     p.add_argument("--burst", type=int, default=P.BURST_DEFAULT, metavar="N",
                    help="requests each client may make at once (default %(default)s)")
+    p.add_argument("--delivery-rate", type=float, default=P.DELIVERY_RATE_DEFAULT,
+                   metavar="N", help="characters each client may have delivered a second, "
+                   "counted once per recipient (default %(default)g)")
+    p.add_argument("--delivery-burst", type=float, default=P.DELIVERY_BURST_DEFAULT,
+                   metavar="N", help="characters each client may have delivered at once "
+                   "(default %(default)g)")
     p.add_argument("--max-clients", type=int, default=None, metavar="N",
                    help="refuse clients beyond N connected sessions")
     p.add_argument("--history", type=int, default=P.JOIN_HISTORY_DEFAULT, metavar="N",
@@ -82,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.db != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
-    store = SqliteStore(args.db, durable=args.durability == "full")
+    store = SqliteStore(args.db, durable=args.durability == "full",
+                        reserve=args.disk_reserve)
     secret, operators = None, frozenset()
     if args.insecure:
         log.warning("Plaintext mode (--insecure): traffic is readable, identities unchecked")
@@ -96,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("Encrypted (CURVE). Broker public key: %s (%s); %d operator key(s)",
                  pair.public.decode(), directory / "broker.key", len(operators))
     chat = Chat(store, max_clients=args.max_clients, join_history=args.history,
-                rate=args.rate, burst=args.burst, room_lifetime=args.room_lifetime,
+                rate=args.rate, burst=args.burst, delivery_rate=args.delivery_rate,
+                delivery_burst=args.delivery_burst, room_lifetime=args.room_lifetime,
                 route_check=keys.RouteCheck(secret) if secret is not None else None)
     ctx = zmq.Context()
     try:

@@ -113,7 +113,7 @@ class Broker:
         next_tick, next_expiry = now + P.ROOM_TICK_INTERVAL, now + EXPIRY_CHECK
         log.info("zchat broker ready: router=%s pub=%s control=%s", self.endpoints["router"],
                  self.endpoints["pub"], self.endpoints["control"])
-        turn_ended = time.monotonic()
+        turn_ended = self._mark = time.monotonic()
         while not self.stopping:
             wait = max(0.0, min(next_tick, next_expiry) - turn_ended)
             try:
@@ -123,8 +123,7 @@ class Broker:
                 if exc.errno == errno.EINTR:  # a signal; the handler set self.stopping
                     continue
                 raise
-            started = time.monotonic()
-            self._pardon_stall(started - turn_ended - wait)
+            self._unavailable(allowed=wait)
             out: list[Delivery] = []
             control_replies: list[tuple[list[bytes], dict]] = []
             if self.zap in ready:
@@ -137,6 +136,7 @@ class Broker:
                 self._drain_subscriptions()
             now = time.monotonic()
             if now >= next_expiry:
+                self._unavailable()  # a stall of this turn must not count against anyone
                 self.chat.store.check()
                 out += self.chat.expire()
                 next_expiry = now + EXPIRY_CHECK
@@ -148,15 +148,20 @@ class Broker:
             self._deliver(out)
             for envelope, reply in control_replies:
                 self.control.send_multipart(envelope + [pack(reply)], zmq.NOBLOCK)
-            turn_ended = time.monotonic()
-            self._pardon_stall(turn_ended - started)
+            self._unavailable()
+            turn_ended = self._mark
         self._farewell()
 
-    def _pardon_stall(self, seconds: float) -> None:
-        if seconds > STALL:
+    def _unavailable(self, allowed: float = 0.0) -> None:
+        """Pardon clients for the time since the last mark that the loop was away (past
+        ``allowed``: the poll's own wait): a stopped process, a long turn."""
+        now = time.monotonic()
+        away = now - self._mark - allowed
+        self._mark = now
+        if away > STALL:
             log.warning("The broker was away %.1f s; clients' silence then is pardoned",
-                        seconds)
-            self.chat.pardon(seconds)
+                        away)
+            self.chat.pardon(away)
 
     def _commit(self, out: list[Delivery], control: list[tuple[list[bytes], dict]]
                 ) -> list[Delivery]:

@@ -132,6 +132,11 @@ class SqliteStore:
             self._db.execute("PRAGMA wal_autocheckpoint=0")  # see _Checkpoints
             self._checkpoints = _Checkpoints(path)
 
+    def _files(self) -> list[str]:
+        """The database file and those of its journal that exist now."""
+        return [self._path] + [f for f in (self._path + "-wal", self._path + "-shm")
+                               if os.path.exists(f)]
+
     def _fold_accounts(self) -> None:
         """Accounts are keyed by the fold of their nickname (schema.names); a store made
         before that is brought in line once. Of two that fold alike, the first stays."""
@@ -158,7 +163,7 @@ class SqliteStore:
         try:
             if _identity(self._path) != self._file:
                 problem = "the database file was replaced"
-            elif not os.access(self._path, os.W_OK):
+            elif not all(os.access(f, os.W_OK) for f in self._files()):
                 problem = "the database file is not writable"
             else:
                 disk = os.statvfs(os.path.dirname(os.path.abspath(self._path)))
