@@ -323,15 +323,15 @@ class Chat:
 
     def refuse(self, peer: bytes, rid: int | None, err: ProtocolError) -> list[Delivery]:
         """A request that failed validation: an error to its sender, nothing else. It is
-        charged like any request, so garbage cannot be sent faster than requests; past
-        the limit the sender is not even answered."""
+        charged like any request, so garbage cannot be sent faster than requests: past
+        the limit, the answer is that it came too fast."""
         session = self.sessions.get(peer)
         bucket = session.bucket if session is not None else self._spent.setdefault(
             peer, Bucket(self.burst, self.clock()))
         if len(self._spent) > P.ANSWERS_REMEMBERED:
             self._spent.popitem(last=False)
         if not self._within_rate(bucket):
-            return []
+            err = self._too_fast()
         return [Send(peer, error(rid, err))]
 
     def pardon(self, seconds: float) -> None:
@@ -550,12 +550,12 @@ class Chat:
 
     def _join(self, session: Session, room: str, name: str | None) -> dict[str, Any]:
         target = self._room(room)
-        if session.name is not None and fold(target.name) in session.rooms \
-                and name in (None, session.name):
+        member = session.name is not None and fold(target.name) in session.rooms
+        if member and name in (None, session.name):
             return self._welcome(session, target)  # already a member: it becomes current
         self._writing()
-        self._name_for_entry(session, name)
-        return self._enter(session, target)
+        self._name_for_entry(session, name, entering=not member)  # renames everywhere
+        return self._welcome(session, target) if member else self._enter(session, target)
 
     def _leave(self, session: Session, room: str) -> dict[str, Any]:
         target = self._membership(session, room)
@@ -720,9 +720,10 @@ class Chat:
             self._room_event(room, "nick", name=name, old=old)
         log.info("%s logged in", name) if old is None else log.info("%s is now %s", old, name)
 
-    def _name_for_entry(self, session: Session, name: str | None) -> str:
+    def _name_for_entry(self, session: Session, name: str | None, entering: bool = True
+                        ) -> str:
         """Check, then settle, the nickname a session enters a room with."""
-        if len(session.rooms) >= P.ROOMS_PER_MEMBER_MAX:
+        if entering and len(session.rooms) >= P.ROOMS_PER_MEMBER_MAX:
             raise ProtocolError("too_many_rooms",
                                 f"You are in {P.ROOMS_PER_MEMBER_MAX} rooms already")
         if name is None:

@@ -41,6 +41,7 @@ from schema import ProtocolError, Request, decode, decode_admin, messages, pack,
 from schema import protocol as P
 from schema.codec import REQUEST_ID_MAX, request_id
 from schema.keys import curve_client, load
+from schema.names import fold
 
 from .harness import raw_socket
 
@@ -337,7 +338,7 @@ class ChatMachine(RuleBasedStateMachine):
         if out[0].body["ok"] and session is not None and isinstance(message, dict):
             if message.get("cmd") == "register" or (
                     message.get("cmd") == "login" and message.get("password") is not None):
-                self.proved.add((session, session.name))
+                self.proved.add((session, fold(session.name)))
 
     @rule(peer=st.sampled_from(PEERS), message=any_chat_request)
     def request(self, peer: bytes, message: dict[str, Any]) -> None:
@@ -451,43 +452,45 @@ class ChatMachine(RuleBasedStateMachine):
     @invariant()
     def users_and_sessions_agree(self) -> None:
         chat = self.chat
-        for name, session in chat.users.items():
-            assert chat.sessions.get(session.peer) is session and session.name == name
+        for key, session in chat.users.items():  # keyed by the fold of the name
+            assert chat.sessions.get(session.peer) is session and fold(session.name) == key
+        assert sorted(s.name for s in chat.users.values()) == list(chat._user_names)
         for peer, session in chat.sessions.items():
             assert session.peer == peer
             if session.name is not None:
-                assert chat.users[session.name] is session
+                assert chat.users[fold(session.name)] is session
             else:
                 assert not session.rooms
 
     @invariant()
     def registered_names_are_held_only_by_their_owners(self) -> None:
-        for name, session in self.chat.users.items():
-            account = self.store.account(name)
+        for key, session in self.chat.users.items():
+            account = self.store.account(key)
             if account is not None:
                 assert ((account.key is not None and account.key == session.identity)
-                        or (session, name) in self.proved), f"{name} held by a stranger"
+                        or (session, key) in self.proved), f"{key} held by a stranger"
 
     @invariant()
     def memberships_agree_both_ways(self) -> None:
         chat = self.chat
         for session in chat.sessions.values():
             assert len(session.rooms) <= P.ROOMS_PER_MEMBER_MAX
-            for name, room in session.rooms.items():
-                assert chat.rooms.get(name) is room
-                assert room.members.get(session.name) is session
-        for name, room in chat.rooms.items():
-            assert room.name == name
+            for key, room in session.rooms.items():
+                assert chat.rooms.get(key) is room
+                assert room.members.get(fold(session.name)) is session
+        for key, room in chat.rooms.items():
+            assert fold(room.name) == key
+            assert sorted(m.name for m in room.members.values()) == list(room.names)
             for nick, member in room.members.items():
                 assert chat.users.get(nick) is member
-                assert member.rooms.get(name) is room
+                assert member.rooms.get(key) is room
 
     @invariant()
     def topics_map_rooms_one_to_one(self) -> None:
         chat = self.chat
         assert len(chat.topics) == len(chat.rooms)
         for topic, room in chat.topics.items():
-            assert chat.rooms.get(room.name) is room and room.topic == topic
+            assert chat.rooms.get(fold(room.name)) is room and room.topic == topic
             assert chat.grants(topic)
         for room in chat.rooms.values():
             assert chat.topics.get(room.topic) is room
