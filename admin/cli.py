@@ -14,6 +14,7 @@ from typing import Any
 
 import zmq
 
+from client.connection import parse_address
 from schema import keys, pack, request, unpack
 
 EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
@@ -21,8 +22,9 @@ EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m admin", description="Operate a zchat broker.")
-    p.add_argument("--control", default="tcp://127.0.0.1:5557",
-                   help="the broker's control address (default %(default)s)")
+    p.add_argument("--control", default="tcp://127.0.0.1:5557", metavar="HOST:PORT",
+                   help="the broker's control address, HOST:PORT or tcp://HOST:PORT "
+                        "(default %(default)s)")
     p.add_argument("--timeout", type=float, default=2.0,
                    help="seconds to wait for the broker (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the raw reply as JSON")
@@ -45,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     kick.add_argument("name")
     kick.add_argument("--reason", help="told to the user")
     sub.add_parser("stats", help="uptime, clients, rooms, messages in and out")
+    release = sub.add_parser("release", help="forget a registered nickname (a squatted "
+                                             "one, say), so anyone may take it")
+    release.add_argument("name")
     keygen = sub.add_parser("keygen", help="create key pairs (no broker needed): the "
                                            "broker's and the operator's if missing")
     keygen.add_argument("--client", metavar="NAME",
@@ -103,6 +108,26 @@ def keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# Listings come a page at a time (the broker never lists more in one reply); the tool
+# asks for the pages in turn and shows them as one.
+_PAGED = {"ls": "rooms", "users": "users"}
+_KEY = {"rooms": "room", "users": "name"}
+
+
+def _ask_all(args: argparse.Namespace, fields: dict[str, Any],
+             credentials: tuple[bytes, keys.KeyPair] | None) -> dict[str, Any] | None:
+    reply = ask(args.control, request(1, args.cmd, **fields), args.timeout, credentials)
+    listed = _PAGED.get(args.cmd)
+    while listed and reply and reply.get("ok") and reply.get("more"):
+        after = reply[listed][-1][_KEY[listed]]
+        page = ask(args.control, request(1, args.cmd, after=after), args.timeout,
+                   credentials)
+        if page is None or not page.get("ok"):
+            return page
+        reply = {**page, listed: reply[listed] + page[listed]}
+    return reply
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
@@ -113,7 +138,8 @@ def show(cmd: str, reply: dict[str, Any]) -> list[str]:
         if not rooms:
             return ["No rooms"]
         return [f"{r['room']}  {_plural(r['count'], 'member')}"
-                + (f": {', '.join(r['members'])}" if r["members"] else "") for r in rooms]
+                + (f": {', '.join(r['members'])}" if r["members"] else "")
+                + (", ..." if len(r["members"]) < r["count"] else "") for r in rooms]
     if cmd == "users":
         lines = [f"{u['name']}  in {', '.join(u['rooms']) or '(lobby)'}"
                  for u in reply["users"]] or ["No users logged in"]
@@ -126,6 +152,8 @@ def show(cmd: str, reply: dict[str, Any]) -> list[str]:
                 + (f": {', '.join(ejected)}" if ejected else "")]
     if cmd == "kick":
         return [f"Kicked {reply['name']}"]
+    if cmd == "release":
+        return [f"Released {reply['name']}: anyone may take it now"]
     if cmd == "stats":
         return [f"uptime        {reply['uptime']:.1f} s",
                 f"clients       {reply['clients']} ({reply['users']} logged in)",
@@ -141,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "keygen":
         return keygen(args)
     try:
+        args.control = parse_address(args.control)
+    except ValueError as exc:
+        print(f"Error: --control: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    try:
         credentials = _credentials(args)
     except (OSError, ValueError) as exc:
         print(f"Error: cannot read the keys: {exc} (see --keys, or --insecure)",
@@ -148,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     fields = {k: getattr(args, k, None) for k in ("room", "name", "reason")}
     try:
-        reply = ask(args.control, request(1, args.cmd, **fields), args.timeout, credentials)
+        reply = _ask_all(args, fields, credentials)
     except keys.HandshakeRefused as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_ERROR

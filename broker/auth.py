@@ -34,9 +34,12 @@ class Verdict:
 
 
 def decide(domain: bytes, mechanism: bytes, credentials: list[bytes], *, secure: bool,
-           operators: Set[bytes]) -> Verdict:
+           operators: Set[bytes], crowded: bool = False) -> Verdict:
+    """``crowded``: descriptors are running out; chat peers wait, operators get in."""
     if domain not in (CHAT, CONTROL):
         return Verdict(False, reason="Unknown domain")
+    if crowded and domain == CHAT:
+        return Verdict(False, reason="Crowded: descriptors kept for operators")
     if mechanism == b"CURVE" and secure and len(credentials) == 1:
         key = z85.encode(credentials[0])
         if domain == CONTROL and key not in operators:
@@ -47,7 +50,8 @@ def decide(domain: bytes, mechanism: bytes, credentials: list[bytes], *, secure:
     return Verdict(False, reason="Encryption required" if secure else "Plaintext broker")
 
 
-def answer(zap: zmq.Socket, *, secure: bool, operators: Set[bytes]) -> Verdict | None:
+def answer(zap: zmq.Socket, *, secure: bool, operators: Set[bytes], crowded: bool = False
+           ) -> Verdict | None:
     """Answer one ZAP request waiting on ``zap`` (a REP socket); None if none waits."""
     try:
         request = zap.recv_multipart(zmq.NOBLOCK)
@@ -58,7 +62,8 @@ def answer(zap: zmq.Socket, *, secure: bool, operators: Set[bytes]) -> Verdict |
                             b"Malformed ZAP request", b"", b""])
         return Verdict(False, reason="Malformed ZAP request")
     version, request_id, domain, _address, _routing, mechanism = request[:6]
-    verdict = decide(domain, mechanism, request[6:], secure=secure, operators=operators)
+    verdict = decide(domain, mechanism, request[6:], secure=secure, operators=operators,
+                     crowded=crowded)
     status = b"200" if verdict.allowed else b"400"
     zap.send_multipart([b"1.0", request_id, status, verdict.reason.encode() or b"OK",
                         verdict.identity.encode(), b""])

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schema import ProtocolError, Request, error, ok, pack, unpack
-from schema.names import fold
 from schema import protocol as P
+from schema.names import fold
 
 from .budgets import Budgets
 from .listing import Names

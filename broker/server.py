@@ -28,6 +28,7 @@ from schema import protocol as P
 
 from .auth import CHAT, CONTROL, ZAP_ENDPOINT, answer
 from .chat import Chat, Delivery, Publish
+from .guard import Connections, raise_fd_limit
 from .store import StoreError
 
 log = logging.getLogger("zchat.broker")
@@ -44,7 +45,14 @@ FRAME_BYTES = 128 << 10  # ...and bytes, unless it is a single message (a histor
 ROUTER_QUEUE, PUBLISHER_QUEUE = 1000, 1000
 # pyzmq's flag enums cost more to combine than the send itself: plain ints.
 _MORE, _NOW = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
+_SRCFD = int(zmq.SRCFD)
 EXPIRY_CHECK = 0.5  # seconds between scans for silent clients (and looks at the store)
+# Subscriptions a connection may have refused and not withdrawn: an honest client has one
+# or two at most (a rekey racing its subscription). libzmq keeps each refused topic until
+# the connection goes, and pays for all of them whenever any subscriber leaves (a walk of
+# its whole subscription trie): past this the connection is cut.
+REFUSED_SUBSCRIPTIONS_MAX = 4
+MANY_FRAMES = 16  # a request of more frames is no client's mistake but an attack
 # The loop away longer than this (the process stopped, or one long turn) is the broker's
 # own silence: clients' silence during it is pardoned.
 STALL = 0.25
@@ -91,6 +99,13 @@ class Broker:
         _tune(self.publisher, P.SUBSCRIPTION_FRAME_MAX, CHAT, secret_key)
         self.control = ctx.socket(zmq.ROUTER)
         _tune(self.control, P.CONTROL_FRAME_MAX, CONTROL, secret_key)
+        # The connections behind the sockets, which libzmq hides: watched from before the
+        # first one arrives, so that any can be cut (see guard.py).
+        self.conns = Connections(limit=raise_fd_limit())
+        self.conns.watch(self.router, "router")
+        self.conns.watch(self.publisher, "publisher")
+        self._fd_of: dict[bytes, int] = {}  # routing id -> the connection it last came on
+        self._refused: dict[int, set[bytes]] = {}  # publisher fd -> topics refused to it
         self.router.bind(bind)
         self.publisher.bind(pub_bind)
         self.control.bind(control_bind)
@@ -107,7 +122,7 @@ class Broker:
 
     def serve(self) -> None:
         poller = zmq.Poller()
-        for sock in (self.zap, self.router, self.publisher, self.control):
+        for sock in (self.zap, self.router, self.publisher, self.control, *self.conns.monitors):
             poller.register(sock, zmq.POLLIN)
         now = time.monotonic()
         next_tick, next_expiry = now + P.ROOM_TICK_INTERVAL, now + EXPIRY_CHECK
@@ -115,7 +130,9 @@ class Broker:
                  self.endpoints["pub"], self.endpoints["control"])
         turn_ended = self._mark = time.monotonic()
         while not self.stopping:
-            wait = max(0.0, min(next_tick, next_expiry) - turn_ended)
+            # Bounded by the guard's next look: an endless message wakes nothing here.
+            wait = max(0.0, min(next_tick - turn_ended, next_expiry - turn_ended,
+                                self.conns.due()))
             try:
                 # Rounded up: pyzmq truncates a fraction of a millisecond to 0, a busy spin.
                 ready = dict(poller.poll(math.ceil(wait * 1000)))
@@ -126,6 +143,8 @@ class Broker:
             self._unavailable(allowed=wait)
             out: list[Delivery] = []
             control_replies: list[tuple[list[bytes], dict]] = []
+            self.conns.drain()
+            self.conns.check()
             if self.zap in ready:
                 self._answer_zap()
             if self.router in ready:
@@ -139,6 +158,7 @@ class Broker:
                 self._unavailable()  # a stall of this turn must not count against anyone
                 self.chat.store.check()
                 out += self.chat.expire()
+                self._forget_gone()
                 next_expiry = now + EXPIRY_CHECK
             if now >= next_tick:
                 out += self.chat.ticks()
@@ -151,6 +171,12 @@ class Broker:
             self._unavailable()
             turn_ended = self._mark
         self._farewell()
+
+    def _forget_gone(self) -> None:
+        """What was kept about connections and peers that are gone (a number is reused)."""
+        self._refused = {fd: t for fd, t in self._refused.items() if fd in self.conns}
+        if len(self._fd_of) > 2 * len(self.chat.sessions) + 1000:
+            self._fd_of = {p: fd for p, fd in self._fd_of.items() if p in self.chat.sessions}
 
     def _unavailable(self, allowed: float = 0.0) -> None:
         """Pardon clients for the time since the last mark that the loop was away (past
@@ -188,7 +214,9 @@ class Broker:
 
     def _answer_zap(self) -> None:
         for _ in range(BATCH):
-            verdict = answer(self.zap, secure=self.secure, operators=self.operators)
+            # Near the descriptor limit, chat peers wait and operators still get in.
+            verdict = answer(self.zap, secure=self.secure, operators=self.operators,
+                             crowded=self.conns.crowded())
             if verdict is None:
                 return
             if not verdict.allowed:
@@ -205,11 +233,19 @@ class Broker:
             # A message comes whole, so the request frame is there: the ROUTER put the
             # routing id in front of at least one frame.
             body = recv(_NOW, copy=False)
+            fd = body.get(_SRCFD)
+            self.conns.seen(fd)
+            self._fd_of[peer] = fd
             self.chat.counters.frames_in += 1
             try:
                 if body.more:
-                    while recv(_NOW, copy=False).more:
-                        pass
+                    frames = 1
+                    while self.router.get(zmq.RCVMORE):
+                        recv(_NOW)
+                        frames += 1
+                    if frames > MANY_FRAMES:  # no mistake: its connection goes (the guard
+                        # cuts such a message long before it could be millions of frames)
+                        self.conns.cut(fd, f"a request of {frames} frames")
                     raise ProtocolError("malformed", "A request is exactly one frame")
                 # Who sent it is what CURVE proved at connect time, never the routing id.
                 identity = body.get("User-Id") or None if self.secure else None
@@ -259,21 +295,41 @@ class Broker:
         """
         for _ in range(SUBSCRIPTION_BATCH):
             try:
-                frames = self.publisher.recv_multipart(zmq.NOBLOCK)
+                first = self.publisher.recv(_NOW, copy=False)
             except zmq.Again:
                 self._suspect = False  # queue empty: the last-pipe bookkeeping holds again
                 return
-            frame = frames[0]
-            if len(frames) != 1 or not frame or frame[0] not in (0, 1):
+            try:  # libzmq's own unsubscriptions for a connection that went carry no fd
+                fd = first.get(_SRCFD)
+            except zmq.ZMQError:
+                fd = -1
+            else:
+                self.conns.seen(fd)
+            frame = first.bytes
+            if first.more or not frame or frame[0] not in (0, 1):
+                while self.publisher.get(zmq.RCVMORE):
+                    self.publisher.recv(_NOW)
                 self._suspect = True
-                continue
-            if self._suspect:
+                self.conns.cut(fd, "junk on the publisher")  # nothing honest sends it
                 continue
             topic = frame[1:]
-            if frame[0] == 1 and self.chat.grants(topic):
-                self.publisher.setsockopt(zmq.SUBSCRIBE, topic)
-            elif frame[0] == 0:
-                self.publisher.setsockopt(zmq.UNSUBSCRIBE, topic)
+            if frame[0] == 0:
+                if fd >= 0:
+                    self._refused.get(fd, set()).discard(topic)
+                    if not self._suspect:
+                        self.publisher.setsockopt(zmq.UNSUBSCRIBE, topic)
+                continue
+            if self.chat.grants(topic):
+                if not self._suspect:  # else the member asks again when its room is quiet
+                    self.publisher.setsockopt(zmq.SUBSCRIBE, topic)
+                continue
+            # Refused: libzmq keeps it until the connection goes. A few are a race with a
+            # rekey; more are an attack.
+            refused = self._refused.setdefault(fd, set())
+            refused.add(topic)
+            if len(refused) > REFUSED_SUBSCRIPTIONS_MAX:
+                self.conns.cut(fd, "too many refused subscriptions")
+                del self._refused[fd]
 
     # -- sending --------------------------------------------------------------------------
 
@@ -307,6 +363,8 @@ class Broker:
                         # it stopped reading; waiting would stall every other client: end it.
                         reason = ("unreachable" if exc.errno == errno.EHOSTUNREACH
                                   else "not reading")
+                        if reason == "not reading":  # what is queued goes with it
+                            self.conns.cut(self._fd_of.get(peer, -1), reason)
                         if peer in self.chat.sessions:
                             pending += self._commit(self.chat.gone(peer, reason), [])
                         break
@@ -315,6 +373,7 @@ class Broker:
         log.info("Shutting down")
         self._deliver(self.chat.shutdown("the broker is shutting down"))
         self.chat.store.close()
+        self.conns.close()
         for sock in (self.router, self.publisher, self.control, self.zap):
             sock.close()
 

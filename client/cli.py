@@ -11,21 +11,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from schema import keys
 
-from .connection import Connection, Event, Refused, Unreachable
+from . import terminal
+from .connection import Connection, Event, Refused, Unreachable, parse_address
 from .render import render
-from .runner import EXIT_REFUSED, EXIT_UNREACHABLE, Runner
+from .runner import EXIT_REFUSED, EXIT_UNREACHABLE, NAME_QUESTION, Runner
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m client", description="The zchat client.")
-    p.add_argument("--server", default="tcp://127.0.0.1:5555",
-                   help="the broker's address (default %(default)s)")
+    p.add_argument("--server", default="tcp://127.0.0.1:5555", metavar="HOST:PORT",
+                   help="the broker's address, HOST:PORT or tcp://HOST:PORT "
+                        "(default %(default)s)")
     p.add_argument("--name", help="log in with this nickname at once")
     p.add_argument("--json", action="store_true",
                    help="print every event as one JSON object per line")
@@ -48,13 +51,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _line_printer(as_json: bool) -> Callable[[Event], None]:
+    # Printed to a terminal, long lines are cut with a marker on each continuation, so
+    # no message can start a screen line that looks like another message (see terminal).
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 0
+
     def show(event: Event) -> None:
         if as_json:
             print(json.dumps({"event": event.kind, **event.data}, default=repr), flush=True)
         else:
             for line in render(event):
-                print(line, flush=True)
+                for part in terminal.wrap_text(line, width) if width else [line]:
+                    print(part, flush=True)
     return show
+
+
+def _notice(text: str) -> None:
+    """Progress for a person watching a script run; stdout stays one line per event."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def _credentials(args: argparse.Namespace) -> tuple[bytes | None, keys.KeyPair | None]:
@@ -67,6 +80,11 @@ def _credentials(args: argparse.Namespace) -> tuple[bytes | None, keys.KeyPair |
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        args.server = parse_address(args.server)
+    except ValueError as exc:
+        print(f"Error: --server: {exc}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
     if args.tui and (args.json or not (sys.stdin.isatty() and sys.stdout.isatty())):
         print("Error: --tui needs a terminal (and no --json)", file=sys.stderr, flush=True)
         return EXIT_REFUSED
@@ -95,10 +113,13 @@ def main(argv: list[str] | None = None) -> int:
             from . import tui
             return tui.run(conn, args.server)
         if interactive:
-            from . import terminal
-            return terminal.run(conn, args.server)
-        show(Event("info", {"text": f"Connected to {args.server}"})) if not args.json else None
-        runner = Runner(conn, show, sys.stdin.fileno())
+            return terminal.run(conn, args.server, ask_name=not args.name)
+        if not args.json:  # one line, so "Connected to" still starts the greeting
+            question = "" if args.name else f". {NAME_QUESTION}"
+            show(Event("info", {"text": f"Connected to {args.server}{question}"}))
+        runner = Runner(conn, show, sys.stdin.fileno(), outcomes=not args.json,
+                        ask_name=None if args.name else "script",
+                        notice=None if args.json else _notice)
         try:
             return runner.run()
         except KeyboardInterrupt:

@@ -6,6 +6,7 @@ The command table below is also what ``/help`` prints.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,9 @@ class Send:
 
 @dataclass(frozen=True)
 class Local:
-    """Something the client does by itself: ``help``, ``quit``, ``history``."""
+    """Something the client does by itself: ``help`` (arg: a command or None), ``quit``,
+    ``history`` (arg: how many), ``window`` (arg: the room's number, from 1, in the order
+    joined) and ``query`` (arg: the nickname plain text now goes to, or None to stop)."""
 
     action: str
     arg: Any = None
@@ -152,9 +155,15 @@ def _whisper(rest: str, room: str | None) -> Command:
     return send("whisper", room=room, to=name, text=text)
 
 
+# ``bob,carol TEXT`` or ``bob, carol TEXT`` (the peer-list program's separator): names
+# joined by commas, with or without spaces around them, then the text.
+_RECIPIENTS = re.compile(r"\s*([^\s,]+(?:\s*,\s*[^\s,]+)*)(?:\s+(.*))?", re.DOTALL)
+
+
 def _msg(rest: str, room: str | None) -> Command:
-    names, text = _split_text(rest)
-    to = names.split(",") if names else []
+    found = _RECIPIENTS.fullmatch(rest)
+    to = [n.strip() for n in found[1].split(",")] if found else []
+    text = (found[2] or "").strip() if found else ""
     if not to or not text or len(to) > P.RECIPIENTS_MAX:
         return BAD_USERNAME
     if not all(P.is_nickname(n) for n in to):
@@ -162,6 +171,35 @@ def _msg(rest: str, room: str | None) -> Command:
     if len(text) > P.TEXT_MAX:
         return BAD_MESSAGE
     return send("msg", to=to, text=text)
+
+
+def _nick(rest: str, room: str | None) -> Command:
+    """A new nickname, in a room too: the broker renames us everywhere at once."""
+    return _login(rest, room)
+
+
+def _away(rest: str, room: str | None) -> Command:
+    text = rest.strip()
+    if len(text) > P.AWAY_MAX or not text.isprintable():
+        return BAD_MESSAGE
+    return send("away", text=text or None)  # no text: back
+
+
+def _window(rest: str, room: str | None) -> Command:
+    words = _words(rest)
+    if len(words) != 1 or not (words[0].isascii() and words[0].isdigit()) \
+            or int(words[0]) < 1:
+        return INVALID
+    return Local("window", int(words[0]))
+
+
+def _query(rest: str, room: str | None) -> Command:
+    words = _words(rest)
+    if len(words) > 1:
+        return INVALID
+    if words and not P.is_nickname(words[0]):
+        return BAD_USERNAME
+    return Local("query", words[0] if words else None)
 
 
 def _broadcast(rest: str, room: str | None) -> Command:
@@ -187,6 +225,16 @@ def _me(rest: str, room: str | None) -> Command:
     return _say(rest.strip(), room, me=True)
 
 
+def _dm(text: str, to: str) -> Command:
+    if len(text) > P.TEXT_MAX:
+        return BAD_MESSAGE
+    return send("msg", to=[to], text=text)
+
+
+def _say_command(rest: str, room: str | None) -> Command:
+    return _say(rest.strip(), room)
+
+
 def _history(rest: str, room: str | None) -> Command:
     words = _words(rest)
     if len(words) > 1 or (words and not (words[0].isascii() and words[0].isdigit()
@@ -208,6 +256,7 @@ def _local(action: str) -> Callable[[str, str | None], Command]:
 
 COMMANDS: tuple[Spec, ...] = (
     Spec(("login",), "/login NAME", "take a nickname (1-20 characters, no spaces)", _login),
+    Spec(("nick",), "/nick NAME", "change your nickname, in your rooms too", _nick),
     Spec(("identify",), "/identify NAME PASSWORD", "log in with a registered nickname",
          _identify),
     Spec(("register",), "/register [PASSWORD]",
@@ -218,18 +267,27 @@ COMMANDS: tuple[Spec, ...] = (
     Spec(("rooms", "ls"), "/rooms", "rooms and their member counts", _no_args("rooms")),
     Spec(("list",), "/list", "users and rooms", _list),
     Spec(("create",), "/create ROOM [NAME]", "create a room and enter it", _enter("create")),
-    Spec(("join",), "/join ROOM [NAME]", "enter a room (or make it current)", _enter("join")),
-    Spec(("leave",), "/leave [ROOM]", "leave the current or named room",
+    Spec(("join", "j"), "/join ROOM [NAME]", "enter a room (or make it current)",
+         _enter("join")),
+    Spec(("leave", "part"), "/leave [ROOM]", "leave the current or named room",
          _room_or_current("leave")),
-    Spec(("who",), "/who [ROOM]", "members of the current or named room",
+    Spec(("window",), "/window N", "make your N-th room current (1 is the first joined)",
+         _window),
+    Spec(("who", "names", "w"), "/who [ROOM]", "members of the current or named room",
          _room_or_current("who")),
+    Spec(("say",), "/say TEXT", "say TEXT as it is, even a word that is a command",
+         _say_command),
     Spec(("whisper",), "/whisper NAME TEXT", "a private word to a member of this room",
          _whisper),
     Spec(("msg", "sendto"), "/msg NAME[,NAME...] TEXT",
          "private message to a user, or to several", _msg),
+    Spec(("query", "q"), "/query [NAME]",
+         "talk privately: plain text goes to NAME until /query alone or a room", _query),
+    Spec(("away",), "/away [TEXT]", "say you are away (TEXT: why); alone: you are back",
+         _away),
     Spec(("broadcast",), "/broadcast TEXT", "message every logged-in user", _broadcast),
     Spec(("me",), "/me ACTION", "describe what you do, in the current room", _me),
-    Spec(("history",), "/history [N]", "show N older messages of the current room",
+    Spec(("history",), "/history [N]", "the last N messages of this room, oldest first",
          _history),
     Spec(("help", "commands"), "/help [COMMAND]", "this list, or one command's usage",
          _local("help")),
@@ -243,26 +301,78 @@ def find(name: str) -> Spec | None:
     return _BY_NAME.get(name.lower())
 
 
-def parse(line: str, room: str | None) -> Command | None:
-    """Interpret one typed line. ``room`` is the current room (None in the lobby).
+# The lobby program's commands, which are bare words there inside a room too. A line that
+# is exactly one of them is that command; to say it, start the line with a space or /say.
+_ROOM_WORDS = ("list", "leave", "quit", "commands")
+_ROOM_VERBS = ("join", "create")  # with exactly one room name after them
 
-    Slash commands work everywhere; in the lobby the slash is optional. In a room,
-    anything else is said to the room (``//text`` says a line starting with a slash).
-    Returns None for a blank line.
+# The chatroom assignment's commands, typed bare in the lobby: its exact texts are kept
+# ("Invalid command" and not our usage line), and its client's Success/Failure line.
+ASSIGNMENT = ("login", "sendto", "logout")
+
+
+def _room_word(line: str) -> bool:
+    words = line.split()
+    return (len(words) == 1 and words[0] in _ROOM_WORDS) or (
+        len(words) == 2 and words[0] in _ROOM_VERBS and P.is_room_name(words[1]))
+
+
+def _chat(text: str, room: str | None, query: str | None) -> Command:
+    """Plain text: to the private conversation if there is one, else to the room."""
+    return _dm(text, query) if query is not None else _say(text, room)
+
+
+def usage(spec: Spec) -> Refused:
+    return Refused("invalid_command", f"Usage: {spec.usage} - {spec.doc}")
+
+
+def parse(line: str, room: str | None, query: str | None = None) -> Command | None:
+    """Interpret one typed line. ``room`` is the current room (None in the lobby);
+    ``query``, the nickname of the private conversation plain text goes to, if any.
+
+    Slash commands work everywhere; in the lobby the slash is optional. In a room (or a
+    query), the lobby's own words (``list``, ``leave``, ``quit``, ``commands``, ``join
+    ROOM``, ``create ROOM``) alone on a line are commands too; anything else, or a line
+    starting with a space, is said (``//text`` or ``/say`` says a line starting with a
+    slash or a command word). Returns None for a blank line.
     """
     stripped = line.strip()
     if not stripped:
         return None
-    if stripped.startswith("//") and room is not None:
-        return _say(stripped[1:], room)
+    chatting = room is not None or query is not None
+    if stripped.startswith("//") and chatting:
+        return _chat(stripped[1:], room, query)
     slash = stripped.startswith("/")
-    if not slash and room is not None:
-        return _say(stripped, room)
+    if not slash and chatting and (line[:1].isspace() or not _room_word(stripped)):
+        return _chat(stripped, room, query)
     word, _, rest = stripped.lstrip("/").partition(" ")
     spec = find(word)
     if spec is None:
-        return INVALID
-    return spec.parse(rest, room)
+        if not slash:
+            return INVALID  # the assignment's exact text for a line that is no command
+        shown = word[:40]
+        return Refused("unknown_command", f"Unknown command: /{shown} (/help lists them)")
+    got = spec.parse(rest, room)
+    if got == INVALID and (slash or word.lower() not in ASSIGNMENT):
+        return usage(spec)  # name the command and show how it is used
+    return got
+
+
+def reports_outcome(line: str, room: str | None, query: str | None = None) -> bool:
+    """Is this one of the assignment's commands typed as there (bare, in the lobby), whose
+    answer its client announced with a line ``Success`` or ``Failure``?"""
+    stripped = line.strip()
+    return (room is None and query is None and not stripped.startswith("/")
+            and stripped.partition(" ")[0].lower() in ASSIGNMENT)
+
+
+def as_name(line: str) -> str | None:
+    """The answer to "your name?" asked on arrival: a single word that is a valid
+    nickname and no command (``login alice``, ``list`` or ``/help`` stay commands)."""
+    words = line.split()
+    if len(words) != 1 or words[0].startswith("/") or find(words[0]) is not None:
+        return None
+    return words[0] if P.is_nickname(words[0]) else None
 
 
 def help_text(topic: str | None = None) -> list[str]:
@@ -274,5 +384,5 @@ def help_text(topic: str | None = None) -> list[str]:
         return [f"{spec.usage}  {spec.doc}" + (f" (also {aliases})" if aliases else "")]
     width = max(len(s.usage) for s in COMMANDS)
     return (["Commands (in the lobby the slash is optional; in a room, plain text is said "
-             "to the room):"]
+             "to the room, except a lobby command alone, such as leave: /say says it):"]
             + [f"  {s.usage.ljust(width)}  {s.doc}" for s in COMMANDS])

@@ -7,6 +7,12 @@ already seen is dropped. Rooms tick once a second with their latest seq, so a mi
 *last* message is noticed too, and a room that falls silent is re-subscribed (the broker
 may have refused a subscription while guarding against a hostile peer).
 
+Every request keeps within the broker's rate limit by itself: the ``hello`` reply
+announces the broker's token bucket (``limits.rate``, ``limits.burst``), and a ``Pacer``
+mirrors it, a little tighter. Requests wait in one queue, in order, until a token is
+free; ``queued`` says how many of the user's are waiting, for UIs to show. So an honest
+client is never answered ``rate_limited``, however fast lines are pasted or piped.
+
 Nothing here prints or reads a terminal: UIs (line mode, JSON, interactive) consume
 ``Event``s and call ``request``. The bench drives this class directly too.
 """
@@ -29,6 +35,118 @@ from schema import protocol as P
 CATCH_UP_PAGE = P.HISTORY_PAGE_MAX
 SILENT_ROOM = 3.5 * P.ROOM_TICK_INTERVAL  # no event nor tick this long: re-subscribe
 HELD_BACK_MAX = 10_000  # early events kept while a gap is fetched
+# How much tighter than the broker's bucket ours is: its rate and burst are measured on
+# arrival, ours on sending, and the network may bunch requests up on the way.
+PACE_RATE_MARGIN = 0.9
+PACE_BURST_MARGIN = 0.1
+
+
+def parse_address(text: str) -> str:
+    """``HOST:PORT`` or ``tcp://HOST:PORT`` -> ``tcp://HOST:PORT``; ValueError with one
+    clear line for anything else (libzmq would only say "Invalid argument")."""
+    rest = text.removeprefix("tcp://")
+    host, sep, port = rest.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")  # [::1]:5555
+    if (not sep or not host or not port.isascii() or not port.isdigit()
+            or not 0 < int(port) < 65536 or "/" in host
+            or (":" in host and not bracketed)):
+        raise ValueError(f"not a broker address: {text!r} (expected HOST:PORT, "
+                         "for example 127.0.0.1:5555, or tcp://HOST:PORT)")
+    return f"tcp://{host}:{int(port)}"
+
+
+class _Bucket:
+    """Our mirror of one of the broker's token buckets."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self.clock = clock
+        self.rate = 0.0  # 0: unlimited (until the broker tells us otherwise)
+        self.capacity = 1.0
+        self.tokens = 1.0
+        self._refilled = clock()
+
+    def configure(self, rate: Any, burst: Any, spent: float) -> None:
+        """The broker's limits, a margin tighter. A reconnect keeps what was spent: the
+        broker keeps our buckets across sessions."""
+        if not _positive(rate) or not _positive(burst):
+            self.rate = 0.0
+            return
+        first = self.rate == 0.0
+        self._refill()
+        self.rate = float(rate) * PACE_RATE_MARGIN
+        self.capacity = max(1.0, float(burst) - max(1.0, float(burst) * PACE_BURST_MARGIN))
+        self.tokens = self.capacity - spent if first else min(self.tokens, self.capacity)
+
+    def _refill(self) -> None:
+        now = self.clock()
+        if self.rate > 0:
+            self.tokens = min(self.capacity, self.tokens + (now - self._refilled) * self.rate)
+        self._refilled = now
+
+    def _needed(self, cost: float) -> float:
+        # A cost over our (tighter) capacity goes once the bucket is full: the broker's,
+        # never emptier than ours, then holds it whole.
+        return min(cost, self.capacity)
+
+    def ready(self, cost: float) -> bool:
+        if self.rate <= 0:
+            return True
+        self._refill()
+        return self.tokens >= self._needed(cost)
+
+    def spend(self, cost: float) -> None:
+        """Spend ``cost``, into debt if need be (as for a history page already read)."""
+        if self.rate > 0:
+            self._refill()
+            self.tokens -= cost
+
+    def wait(self, cost: float) -> float:
+        if self.rate <= 0:
+            return 0.0
+        self._refill()
+        return max(0.0, (self._needed(cost) - self.tokens) / self.rate)
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+class Pacer:
+    """Our side of the broker's limits: may a request go now, and if not, how long until
+    it may? The broker allows ``burst`` requests at once, then ``rate`` a second, and
+    charges what each delivers (characters times recipients) to a second bucket
+    (``delivery_rate``, ``delivery_burst``). We allow ourselves a margin less of each, so
+    that nothing we send is refused."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self.requests = _Bucket(clock)
+        self.characters = _Bucket(clock)
+
+    def configure(self, limits: dict[str, Any]) -> None:
+        if not _positive(limits.get("rate")):  # the broker then checks neither
+            self.requests.rate = self.characters.rate = 0.0
+            return
+        self.requests.configure(limits.get("rate"), limits.get("burst"), spent=1)  # hello
+        self.characters.configure(limits.get("delivery_rate"), limits.get("delivery_burst"),
+                                  spent=0)
+
+    def ready(self, characters: float) -> bool:
+        return self.requests.ready(1) and self.characters.ready(characters)
+
+    def take(self, characters: float) -> bool:
+        """Spend a request's tokens if it may go now."""
+        if not self.ready(characters):
+            return False
+        self.requests.spend(1)
+        self.characters.spend(characters)
+        return True
+
+    def owe(self, characters: float) -> None:
+        """What a reply delivered that could not be known before (history pages)."""
+        self.characters.spend(characters)
+
+    def wait(self, characters: float) -> float:
+        return max(self.requests.wait(1), self.characters.wait(characters))
 
 
 class Unreachable(Exception):
@@ -49,6 +167,9 @@ class Event:
 
     kind: str
     data: dict[str, Any]
+    # The id of the request this answers (reply, error), for UIs that track their own
+    # lines; not part of what the event says, so not compared.
+    re: int | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -63,6 +184,16 @@ class RoomView:
     catching_up: int | None = None  # id of the outstanding catch-up request
     held: dict[int, dict[str, Any]] = field(default_factory=dict)  # early events
     members: list[str] = field(default_factory=list)  # as of ``seq``, in join order
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    """A request waiting in the queue for a token of the rate limit."""
+
+    rid: int
+    cmd: str
+    args: dict[str, Any]
+    retry: bool
 
 
 @dataclass(frozen=True)
@@ -104,6 +235,7 @@ class Connection:
         self.client_id = os.urandom(8).hex()
         self.dealer = self.ctx.socket(zmq.DEALER)
         # Our own routing id: after a network blip the broker still knows who we are.
+        # (Under CURVE, keys.curve_client replaces it with the one bound to our key.)
         self.dealer.setsockopt(zmq.ROUTING_ID, b"c" + os.urandom(15))
         self.sub = self.ctx.socket(zmq.SUB)
         if server_key is not None:
@@ -134,6 +266,10 @@ class Connection:
         self.closed = False
         self._next_id = 1
         self._pending: dict[int, _Pending] = {}
+        self._outbox: deque[_Outgoing] = deque()  # in order, waiting for the pacer
+        self._resume_rid: int | None = None  # the resume hello, which goes first
+        self.pacer = Pacer(clock)
+        self._users_seen = 1  # how many users a broadcast reaches, as last listed
         self._events: deque[Event] = deque()
         now = clock()
         self._last_heard = self._last_sent = now
@@ -183,6 +319,9 @@ class Connection:
         self.incarnation = reply["inc"]
         self.heartbeat = float(reply.get("heartbeat", self.heartbeat))
         self.timeout = float(reply.get("timeout", self.timeout))
+        limits = reply.get("limits")
+        if isinstance(limits, dict):
+            self.pacer.configure(limits)
         pub = _pub_address(reply["pub"], self.server)
         if pub != self._pub:
             if self._pub:
@@ -211,6 +350,18 @@ class Connection:
             return None
         return self.request("history", "scrollback", room=view.name,
                             before=view.oldest, limit=limit)
+
+    def answered(self, rid: int) -> bool:
+        """Has the broker answered request ``rid`` (or was it given up)?"""
+        return rid not in self._pending
+
+    @property
+    def queued(self) -> int:
+        """How many of the user's requests wait for the rate limit (or for the broker to
+        come back), not yet sent."""
+        return sum(1 for out in self._outbox
+                   if (p := self._pending.get(out.rid)) is not None
+                   and p.purpose in ("user", "scrollback"))
 
     @property
     def busy(self) -> bool:
@@ -248,28 +399,68 @@ class Connection:
 
     def next_wakeup(self) -> float:
         """Seconds until housekeeping is next due (for the caller's poll timeout)."""
-        return max(0.0, min(self._last_sent + self.heartbeat, self.clock() + 0.5)
-                   - self.clock())
+        due = min(self._last_sent + self.heartbeat, self.clock() + 0.5)
+        if self._outbox and not self.lost:
+            due = min(due, self.clock() + self.pacer.wait(self._delivers(self._outbox[0])))
+        return max(0.0, due - self.clock())
 
     # -- sending --------------------------------------------------------------------------
 
     def _send(self, cmd: str, args: dict[str, Any], *, rid: int | None = None,
-              retry: bool = False) -> int:
+              retry: bool = False, first: bool = False) -> int:
+        """Queue a request (at the head if ``first``) and send what the pacer allows."""
         if rid is None:
             rid = self._next_id
             self._next_id += 1
-        message = {"id": rid, "cmd": cmd, **{k: v for k, v in args.items() if v is not None}}
-        if retry:
+        out = _Outgoing(rid, cmd, args, retry)
+        self._outbox.appendleft(out) if first else self._outbox.append(out)
+        self._flush()
+        return rid
+
+    def _flush(self) -> None:
+        """Send queued requests, in order, while the rate limit has tokens for them."""
+        while self._outbox and not self.closed:
+            head = self._outbox[0]
+            if head.rid != self._resume_rid and (self.lost or self.resuming):
+                # Held: sent now they would reach a broker that is silent (and might then
+                # arrive all at once) or that does not know us yet.
+                return
+            if not self.pacer.take(self._delivers(head)):
+                return
+            self._outbox.popleft()
+            self._wire(head)
+
+    def _delivers(self, out: _Outgoing) -> int:
+        """What the broker will charge a request for delivering: its text times its
+        recipients, as far as we know them (a broadcast's: the users last listed)."""
+        text = out.args.get("text")
+        if not isinstance(text, str) or out.cmd not in ("say", "whisper", "msg",
+                                                        "broadcast"):
+            return 0
+        if out.cmd == "say":
+            view = self.rooms.get(out.args.get("room", ""))
+            recipients = len(view.members) if view is not None else 1
+        elif out.cmd == "msg":
+            recipients = len(set(out.args.get("to") or ()))
+        elif out.cmd == "broadcast":
+            recipients = self._users_seen - 1
+        else:
+            recipients = 1
+        return len(text) * max(recipients, 1)
+
+    def _wire(self, out: _Outgoing) -> None:
+        message = {"id": out.rid, "cmd": out.cmd,
+                   **{k: v for k, v in out.args.items() if v is not None}}
+        if out.retry:
             message["retry"] = True
         try:
             self.dealer.send(pack(message), zmq.NOBLOCK)
         except zmq.Again:
             pass  # the broker is gone and our queue is full; liveness will say so
         self._last_sent = self.clock()
-        return rid
 
-    def _emit(self, kind: str, **data: Any) -> None:
-        self._events.append(Event(kind, data))
+    def _emit(self, kind: str, _re: int | None = None, **data: Any) -> None:
+        self._events.append(Event(kind, data, _re))
 
     # -- what arrives over the DEALER -----------------------------------------------------
 
@@ -281,6 +472,12 @@ class Connection:
 
     def _from_broker(self, message: dict[str, Any]) -> None:
         if "re" in message:
+            for key in ("events", "history"):  # history pages are charged once read
+                if isinstance(message.get(key), list):
+                    self.pacer.owe(sum(P.text_weight(e) for e in message[key]
+                                       if isinstance(e, dict)))
+            if isinstance(message.get("users"), list):
+                self._users_seen = max(len(message["users"]), self._users_seen)
             if message["re"] == 0 and self._ping_sent is not None:
                 self._round_trip = self._last_heard - self._ping_sent
                 self._ping_sent = None
@@ -293,11 +490,11 @@ class Connection:
                     return  # the user's requests are kept, and sent again on resuming
             pending = self._pending.pop(message["re"], None) if message["re"] else None
             if pending is not None:
-                self._reply(pending, message)
+                self._reply(pending, message, message["re"])
         elif isinstance(message.get("ev"), str):
             self._direct(message)
 
-    def _reply(self, pending: _Pending, reply: dict[str, Any]) -> None:
+    def _reply(self, pending: _Pending, reply: dict[str, Any], rid: int) -> None:
         ok = bool(reply.get("ok"))
         if pending.purpose == "resume":
             self._resumed(pending, reply if ok else None, reply)
@@ -311,11 +508,11 @@ class Connection:
             self._caught_up(pending.args["room"], reply if ok else None)
             return
         if not ok:
-            self._emit("error", cmd=pending.cmd, code=reply.get("code"),
+            self._emit("error", rid, cmd=pending.cmd, code=reply.get("code"),
                        text=reply.get("error"))
             return
         if pending.purpose == "scrollback":
-            self._scrolled_back(reply)
+            self._scrolled_back(reply, rid)
             return
         # The request's own fields (the text of a /msg, say) help UIs tell the outcome.
         data = {**{k: v for k, v in pending.args.items() if k != "password"},
@@ -334,7 +531,7 @@ class Connection:
             self._forget_room(reply["room"])
         elif pending.cmd == "who" and reply.get("room") in self.rooms:
             self.rooms[reply["room"]].members = _str_list(reply.get("members"))
-        self._emit("reply", cmd=pending.cmd, **data)
+        self._emit("reply", rid, cmd=pending.cmd, **data)
         for event in replay:
             self._emit(event["ev"], replay=True, **_fields(event))
 
@@ -353,12 +550,12 @@ class Connection:
         self.sub.setsockopt(zmq.SUBSCRIBE, view.topic)
         return history
 
-    def _scrolled_back(self, reply: dict[str, Any]) -> None:
+    def _scrolled_back(self, reply: dict[str, Any], rid: int | None = None) -> None:
         view = self.rooms.get(reply.get("room", ""))
         events = [e for e in reply.get("events", ()) if isinstance(e, dict)]
         if view is not None and events:
             view.oldest = min(view.oldest, events[0]["seq"])
-        self._emit("history", room=reply.get("room"), events=[
+        self._emit("history", rid, room=reply.get("room"), events=[
             {"kind": e["ev"], **_fields(e)} for e in events])
 
     def _direct(self, message: dict[str, Any]) -> None:
@@ -399,6 +596,9 @@ class Connection:
             view.members.append(name)
         elif event["ev"] == "leave" and name in view.members:
             view.members.remove(name)
+        elif event["ev"] == "nick" and event.get("old") in view.members \
+                and isinstance(name, str):
+            view.members[view.members.index(event["old"])] = name  # renamed, in place
         self._emit(event["ev"], **_fields(event))
 
     def _release_held(self, view: RoomView) -> None:
@@ -450,34 +650,40 @@ class Connection:
 
     def _resume(self) -> None:
         """Open a new session and put back what we had: nickname, rooms, unanswered
-        requests. Everything is sent at once, in order, on the one DEALER."""
+        requests. All of it goes in order on the one DEALER, paced like everything else;
+        the hello first, and nothing else until it is answered."""
         if self.closed or (self.resuming and
                            self.clock() - self._resume_sent < self.timeout):
             return  # a hello is on its way; one lost on the way is asked again later
         for rid in [r for r, p in self._pending.items() if p.purpose == "resume"]:
             del self._pending[rid]
+        self._outbox = deque(out for out in self._outbox if out.rid in self._pending)
         if not self.resuming:
             self._emit("reconnecting", server=self.server)
         self.resuming = True
         self._resume_sent = self.clock()
-        rid = self._send("hello", self._hello_fields())
+        self._resume_rid = self._next_id
+        rid = self._send("hello", self._hello_fields(), first=True)
         self._pending[rid] = _Pending("hello", {}, "resume")
 
     def _resumed(self, pending: _Pending, reply: dict[str, Any] | None,
                  raw: dict[str, Any]) -> None:
         if pending.cmd == "hello":
-            self.resuming = False
+            self.resuming, self._resume_rid = False, None
             if reply is None:
                 self._emit("error", cmd="hello", code=raw.get("code"), text=raw.get("error"))
                 return
             self._session_opened(reply)
+            # Everything still queued goes again below, after the login and joins that
+            # must come first; the queue keeps the order of the ids.
+            self._outbox.clear()
             if self.name is not None:
                 args = {"name": self.name, "password": self._password}
                 self._pending[self._send("login", args)] = _Pending("login", args, "resume")
             for room in self.rooms:
                 args = {"room": room, "name": self.name}
                 self._pending[self._send("join", args)] = _Pending("join", args, "resume")
-            for rid, waiting in list(self._pending.items()):
+            for rid, waiting in sorted(self._pending.items()):
                 if waiting.purpose in ("user", "scrollback"):
                     self._send(waiting.cmd, waiting.args, rid=rid, retry=True)
                 elif waiting.purpose == "catch-up":
@@ -513,6 +719,7 @@ class Connection:
     # -- liveness -------------------------------------------------------------------------
 
     def _housekeeping(self) -> None:
+        self._flush()  # tokens came back, or the broker did
         now = self.clock()
         if now - self._last_sent >= self.heartbeat:
             self._send_ping()

@@ -2,7 +2,8 @@
 
 Everything another user chose (names, room names, text) passes through ``clean`` so
 control characters and escape sequences are shown, never obeyed: nobody can move your
-cursor, clear your screen or retitle your terminal by chatting.
+cursor, clear your screen or retitle your terminal by chatting, nor reverse the text
+around theirs with a bidi override.
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ from typing import Any
 
 from .connection import Event
 
+# Invisible format characters that writing needs, kept: the zero-width joiner makes one
+# emoji of several (👩‍💻) and, with the non-joiner, shapes Persian, Arabic and Indic
+# words (می‌خواهم). Other format characters (bidi overrides and isolates, zero-width
+# spaces...) can disguise text, so they are shown as <U+XXXX> like any non-printable.
+KEPT_FORMAT = frozenset("\u200c\u200d")
+
 
 def clean(value: Any) -> str:
     """Printable text only: control characters become caret notation (ESC -> ^[)."""
@@ -20,7 +27,7 @@ def clean(value: Any) -> str:
         return text
     out = []
     for ch in text:
-        if ch.isprintable():
+        if ch.isprintable() or ch in KEPT_FORMAT:
             out.append(ch)
         elif ord(ch) < 32 or ord(ch) == 127:
             out.append("^" + chr(ord(ch) ^ 0x40))
@@ -54,6 +61,10 @@ def _leave(d: dict[str, Any]) -> list[str]:
     reason = d.get("reason")
     suffix = f" ({clean(reason)})" if reason and reason != "left" else ""
     return [_room_line(d, f"{clean(d.get('name'))} left{suffix}")]
+
+
+def _nick(d: dict[str, Any]) -> list[str]:
+    return [_room_line(d, f"{clean(d.get('old'))} is now known as {clean(d.get('name'))}")]
 
 
 def _dm(d: dict[str, Any]) -> list[str]:
@@ -93,6 +104,9 @@ def _reply(d: dict[str, Any]) -> list[str]:
         return [f"(whisper to {clean(d['to'])}) {clean(d.get('text', ''))}".rstrip()]
     if cmd == "msg":
         return [f"(to {_names(d.get('to'))}) {clean(d.get('text', ''))}".rstrip()]
+    if cmd == "away":
+        text = d.get("text")
+        return [f"You are marked away: {clean(text)}" if text else "You are back"]
     if cmd == "broadcast":
         return [f"(broadcast to {_plural(d.get('count', 0), 'user')}) "
                 f"{clean(d.get('text', ''))}".rstrip()]
@@ -113,6 +127,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "msg": _msg,
     "join": _join,
     "leave": _leave,
+    "nick": _nick,
     "dm": _dm,
     "whisper": lambda d: [f"(whisper) {clean(d.get('from'))}: {clean(d.get('text'))}"],
     "broadcast": lambda d: [f"(broadcast) {clean(d.get('from'))}: {clean(d.get('text'))}"],
@@ -131,6 +146,8 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "error": lambda d: [clean(d.get("text"))],
     "history": _history,
     "info": lambda d: [str(d.get("text"))],  # our own text, e.g. /help
+    # The chatroom assignment's client's line for each answer to login, sendto, logout.
+    "outcome": lambda d: ["Success" if d.get("ok") else "Failure"],
 }
 
 

@@ -8,6 +8,8 @@ The pieces below the line mode itself are shared with the full-screen mode (``tu
   ``(style, text)`` fragments; ``to_ansi`` (here) and ``tui.to_rich`` draw them.
 * ``completions``: Tab, from the command table, the rooms and the names seen.
 * ``status_fragments``: the toolbar (nickname, room, unread counts, connection, lag).
+* ``wrap``: a line cut to the screen's width, each continuation marked, so that no
+  message can make a screen line of its own that looks like the start of another.
 
 Threads: the ``Runner`` owns the sockets on its own thread and calls ``show``; the prompt
 runs on the main thread. ``show`` prints through prompt_toolkit's ``patch_stdout`` proxy
@@ -31,7 +33,7 @@ from schema import protocol as P
 from . import commands
 from .connection import Connection, Event, RoomView
 from .render import clean, render
-from .runner import Runner
+from .runner import BACKLOG_NOTICE, Runner
 
 Fragment = tuple[str, str]  # (style, text); styles are the names in STYLES below
 Line = list[Fragment]
@@ -125,6 +127,48 @@ def styled(event: Event, me: str | None = None, *, room_shown: str | None = None
                      (base, text[span[1]:])]
         out.append([(s, t) for s, t in line if t])
     return out
+
+
+# --- screen lines ----------------------------------------------------------------------
+
+# Starts every screen line after the first of a long line. The terminal's own wrapping
+# would start a screen line with whatever the text holds there: a message padded with
+# spaces to the width could then show "[12:00] [lounge] alice: ..." as a line of its own.
+CONTINUATION = "  ↳ "
+
+
+def _cells(ch: str) -> int:
+    from wcwidth import wcwidth  # a dependency of prompt_toolkit
+
+    return max(0, wcwidth(ch))
+
+
+def wrap(line: Line, width: int) -> list[Line]:
+    """``line`` as screen lines of fewer than ``width`` cells (one spare, for terminals
+    that disagree about a character's width), continuations marked. Characters are
+    counted one by one, so an emoji sequence counts wider than shown: safe, not tight."""
+    limit = width - 1
+    if limit <= len(CONTINUATION) + 1:
+        return [line]
+    out: list[Line] = [[]]
+    used = 0
+    for style, text in line:
+        for ch in text:
+            cells = _cells(ch)
+            if used + cells > limit:
+                out.append([("dim", CONTINUATION)])
+                used = len(CONTINUATION)
+            current = out[-1]
+            if current and current[-1][0] == style:
+                current[-1] = (style, current[-1][1] + ch)
+            else:
+                current.append((style, ch))
+            used += cells
+    return out
+
+
+def wrap_text(text: str, width: int) -> list[str]:
+    return [plain(line) for line in wrap([("", text)], width)]
 
 
 def to_ansi(line: Line, colour: bool = True) -> str:
@@ -334,24 +378,65 @@ PROMPT_STYLE = {
     "bottom-toolbar.bad": "bold #ff5f5f",
     "bottom-toolbar.lag": "#a8a8a8",
     "prompt.room": "bold #5fd7ff",
+    "pending": "#a8a8a8 italic",
 }
 
 
-def prompt_text(conn: Any) -> str:
+def prompt_text(conn: Any, query: str | None = None) -> str:
+    if query:
+        return f"[query {clean(query)}] "
     return f"[{clean(conn.current)}] " if conn.current else f"{clean(conn.name or 'lobby')}> "
 
 
-def run(conn: Connection, server: str) -> int:
-    """Chat at a prompt until /quit, end of input, or the broker ends the session."""
+# A bracketed paste of more lines than this asks first, as weechat does.
+PASTE_CONFIRM_OVER = 3
+PENDING_SHOWN = 3  # lines not yet acknowledged shown above the prompt; then a count
+PENDING_AFTER = 0.5  # a line answered sooner than this is never shown as pending
+
+
+def pending_text(pending: list[str], backlog: int, width: int) -> list[str]:
+    """The lines above the prompt: what was typed and not yet acknowledged (while the
+    broker is away, or a paste is being paced out), then how many still wait."""
+    room = max(10, width - 12)
+    out = []
+    for line in pending[:PENDING_SHOWN]:
+        text = clean(line.strip())
+        out.append("(pending) " + (text if len(text) <= room else text[:room - 1] + "…"))
+    if len(pending) > PENDING_SHOWN:
+        out.append(f"(pending) … and {len(pending) - PENDING_SHOWN} more")
+    if backlog >= BACKLOG_NOTICE:
+        out.append(f"sending {backlog} queued lines…")
+    return out
+
+
+def paste_lines(before: str, data: str, after: str) -> list[str]:
+    """What a bracketed paste into a line (around the cursor) sends: one message per
+    line, in order; blank lines mean nothing, as when typed."""
+    text = (before + data + after).replace("\r\n", "\n").replace("\r", "\n")
+    return [line for line in text.split("\n") if line.strip()]
+
+
+def run(conn: Connection, server: str, ask_name: bool = False) -> int:
+    """Chat at a prompt until /quit, Ctrl-D on an empty line, end of input, or the broker
+    ends the session. Ctrl-C clears the line being typed, as in a shell."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.completion import CompleteEvent, Completer, Completion
     from prompt_toolkit.document import Document
     from prompt_toolkit.formatted_text import FormattedText
+    from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+    from prompt_toolkit.keys import Keys
     from prompt_toolkit.patch_stdout import patch_stdout
     from prompt_toolkit.styles import Style
 
     state = ChatState(conn.rooms)
     colour = "NO_COLOR" not in os.environ
+    read_end, write_end = os.pipe()
+    done = threading.Event()
+    outcome: dict[str, int] = {}
+    pastes: list[list[str]] = []  # a multi-line bracketed paste, for the loop to send
+
+    def send_line(line: str) -> None:
+        os.write(write_end, line.replace("\n", " ").encode() + b"\n")
 
     class ChatCompleter(Completer):
         def get_completions(self, document: Document, complete_event: CompleteEvent
@@ -368,22 +453,58 @@ def run(conn: Connection, server: str) -> int:
         frags = status_fragments(status_of(conn, state))
         return FormattedText([(f"class:bottom-toolbar.{s}" if s else "", t) for s, t in frags])
 
+    keys = KeyBindings()
+
+    @keys.add(Keys.BracketedPaste)
+    def _paste(event: KeyPressEvent) -> None:
+        data = event.data.replace("\r\n", "\n").replace("\r", "\n")
+        buffer = event.current_buffer
+        if "\n" not in data.rstrip("\n"):  # one line: into the line being typed
+            buffer.insert_text(data.rstrip("\n"))
+            return
+        doc = buffer.document
+        pastes.append(paste_lines(doc.text_before_cursor, data, doc.text_after_cursor))
+        event.app.exit(result="")
+
+    for digit in "123456789":  # Alt+digit: /window N, keeping the line being typed
+        @keys.add("escape", digit)
+        def _window(event: KeyPressEvent, n: str = digit) -> None:
+            send_line(f"/window {n}")
+
     session: Any = PromptSession(
         completer=ChatCompleter(), complete_while_typing=False, bottom_toolbar=toolbar,
-        erase_when_done=True, refresh_interval=1.0, style=Style.from_dict(PROMPT_STYLE))
-    read_end, write_end = os.pipe()
-    done = threading.Event()
-    outcome: dict[str, int] = {}
+        erase_when_done=True, refresh_interval=0.5, style=Style.from_dict(PROMPT_STYLE),
+        key_bindings=keys)
+    confirm: Any = PromptSession(erase_when_done=True)
 
     def show(event: Event) -> None:  # on the network thread
         state.observe(event, conn.current, conn.rooms)
-        for line in styled(event, conn.name):
-            print(to_ansi(line, colour), flush=True)
+        width = _columns()
+        for line in styled(event, conn.name, stamp=event.kind != "outcome"):
+            for part in wrap(line, width):
+                print(to_ansi(part, colour), flush=True)
         session.app.invalidate()
+
+    runner = Runner(conn, show, read_end, outcomes=True,
+                    ask_name="terminal" if ask_name else None)
+
+    def _columns() -> int:
+        # The session's own output, from any thread (get_app() would find no app on the
+        # network thread, and a dummy 80 columns).
+        try:
+            return session.app.output.get_size().columns
+        except (OSError, ValueError):
+            return 80
+
+    def prompt() -> FormattedText:
+        above = pending_text(runner.pending_lines(PENDING_AFTER), runner.backlog(),
+                             _columns())
+        return FormattedText([("class:pending", line + "\n") for line in above]
+                             + [("class:prompt.room", prompt_text(conn, runner.query))])
 
     def network(loop: asyncio.AbstractEventLoop) -> None:
         try:
-            outcome["code"] = Runner(conn, show, read_end).run()
+            outcome["code"] = runner.run()
         finally:
             done.set()
             loop.call_soon_threadsafe(stop_prompt)
@@ -392,6 +513,19 @@ def run(conn: Connection, server: str) -> int:
         if done.is_set() and session.app.is_running:
             session.app.exit(exception=EOFError())
 
+    async def send_paste(lines: list[str]) -> None:
+        if len(lines) > PASTE_CONFIRM_OVER:
+            try:
+                answer = await confirm.prompt_async(
+                    f"Send the {len(lines)} pasted lines as {len(lines)} messages? [y/N] ")
+            except (EOFError, KeyboardInterrupt):
+                answer = ""
+            if answer.strip().lower() not in ("y", "yes"):
+                print(f"Paste of {len(lines)} lines not sent")
+                return
+        for line in lines:
+            send_line(line)
+
     async def chat() -> None:
         print(f"Connected to {clean(server)}. Type /help for commands, Tab completes.")
         thread = threading.Thread(target=network, args=(asyncio.get_running_loop(),),
@@ -399,15 +533,18 @@ def run(conn: Connection, server: str) -> int:
         thread.start()
         while not done.is_set():
             try:
-                line = await session.prompt_async(
-                    lambda: FormattedText([("class:prompt.room", prompt_text(conn))]),
-                    pre_run=stop_prompt)
-            except (EOFError, KeyboardInterrupt):
-                line = "/quit"
+                line = await session.prompt_async(prompt, pre_run=stop_prompt)
+            except KeyboardInterrupt:
+                continue  # Ctrl-C: the line is cleared, nothing is sent
+            except EOFError:
+                line = "/quit"  # Ctrl-D on an empty line, or the Runner ended
             if done.is_set():
                 break
-            os.write(write_end, line.replace("\n", " ").encode() + b"\n")
-            if commands.parse(line, conn.current) == commands.Local("quit"):
+            if pastes:
+                await send_paste(pastes.pop())
+                continue
+            send_line(line)
+            if commands.parse(line, conn.current, runner.query) == commands.Local("quit"):
                 break
         await asyncio.get_running_loop().run_in_executor(None, thread.join, 5)
 

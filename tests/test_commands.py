@@ -6,7 +6,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.commands import COMMANDS, Local, Refused, Send, find, help_text, parse
+from client.commands import (
+    COMMANDS,
+    Local,
+    Refused,
+    Send,
+    as_name,
+    find,
+    help_text,
+    parse,
+    reports_outcome,
+)
 from schema import ProtocolError, request
 from schema import parse as validate
 from schema import protocol as P
@@ -14,6 +24,7 @@ from schema import protocol as P
 LOBBY = None
 ROOM = "lounge"
 LONG_TEXT = "x" * P.TEXT_MAX
+NO_ROOM_TEXT = "You are not in a room: /join ROOM first"
 TOO_LONG_TEXT = "x" * (P.TEXT_MAX + 1)
 
 
@@ -27,6 +38,13 @@ def refused_text(line: str, room: str | None = LOBBY) -> str:
     return got.text
 
 
+def usage_of(name: str) -> str:
+    """The refusal of a malformed command: it names the command and shows its usage."""
+    spec = find(name)
+    assert spec is not None
+    return f"Usage: {spec.usage} - {spec.doc}"
+
+
 # --- slash optional in the lobby, plain text said in a room ---------------------------------
 
 
@@ -35,9 +53,35 @@ def test_in_the_lobby_the_slash_is_optional(line):
     assert parse(line, LOBBY) == sends("login", name="bob")
 
 
-@pytest.mark.parametrize("line", ["login bob", "hello everyone", "quit", "exit"])
+@pytest.mark.parametrize("line", ["login bob", "hello everyone", "exit", "leave now",
+                                  "join the club", "list all", "Quit", "create"])
 def test_in_a_room_plain_text_is_said_to_the_current_room(line):
     assert parse(line, ROOM) == sends("say", room=ROOM, text=line)
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("list", Send((("users", {}), ("rooms", {})))),
+    ("leave", sends("leave", room=ROOM)),
+    ("quit", Local("quit")),
+    ("commands", Local("help", None)),
+    ("join den", sends("join", room="den")),
+    ("create den", sends("create", room="den")),
+    ("create   den ", sends("create", room="den")),
+])
+def test_the_lobby_program_s_words_alone_on_a_line_are_commands_in_a_room_too(line,
+                                                                              expected):
+    assert parse(line, ROOM) == expected
+
+
+@pytest.mark.parametrize("word", ["list", "leave", "quit", "commands", "join den"])
+def test_a_leading_space_or_say_says_a_command_word(word):
+    assert parse(" " + word, ROOM) == sends("say", room=ROOM, text=word)
+    assert parse("/say " + word, ROOM) == sends("say", room=ROOM, text=word)
+
+
+def test_say_needs_a_room_and_a_text():
+    assert refused_text("/say", ROOM) == usage_of("say")
+    assert parse("/say hi", LOBBY) == Refused("not_a_member", NO_ROOM_TEXT)
 
 
 def test_said_text_is_trimmed_but_keeps_its_inner_spacing():
@@ -59,13 +103,15 @@ def test_a_blank_line_means_nothing(line):
     assert parse(line, ROOM) is None
 
 
-@pytest.mark.parametrize("line", ["hello", "/nosuch", "frobnicate now"])
-def test_an_unknown_command_in_the_lobby_is_invalid(line):
-    assert refused_text(line, LOBBY) == "Invalid command"
+@pytest.mark.parametrize("line", ["hello", "frobnicate now"])
+def test_a_bare_unknown_line_in_the_lobby_is_exactly_invalid_command(line):
+    assert refused_text(line, LOBBY) == "Invalid command"  # the assignment's text
 
 
-def test_an_unknown_slash_command_in_a_room_is_invalid_not_said():
-    assert refused_text("/nosuch thing", ROOM) == "Invalid command"
+@pytest.mark.parametrize("room", [LOBBY, ROOM])
+def test_an_unknown_slash_command_names_itself_and_is_not_said(room):
+    got = parse("/nosuch thing", room)
+    assert got == Refused("unknown_command", "Unknown command: /nosuch (/help lists them)")
 
 
 def test_text_over_65535_characters_in_a_room_is_a_bad_message():
@@ -99,10 +145,18 @@ def test_commands_without_arguments(line, expected):
     assert parse(line, LOBBY) == expected
 
 
-@pytest.mark.parametrize("line", ["/logout now", "/users all", "/rooms x", "/ls x",
-                                  "/list x", "/quit now", "/exit 1"])
-def test_extra_arguments_are_an_invalid_command(line):
-    assert refused_text(line) == "Invalid command"
+@pytest.mark.parametrize(("line", "name"), [
+    ("/logout now", "logout"), ("/users all", "users"), ("/rooms x", "rooms"),
+    ("/ls x", "rooms"), ("/list x", "list"), ("/quit now", "quit"), ("/exit 1", "quit"),
+    ("users all", "users"), ("list x", "list")])
+def test_extra_arguments_name_the_command_and_show_its_usage(line, name):
+    assert refused_text(line) == usage_of(name)
+
+
+def test_the_assignment_s_bare_commands_keep_its_exact_texts():
+    assert refused_text("logout now") == "Invalid command"
+    assert refused_text("login a b") == "Bad username"
+    assert refused_text("sendto bob") == "Bad username"
 
 
 # --- create / join ---------------------------------------------------------------------------
@@ -116,15 +170,15 @@ def test_create_and_join_take_a_room_and_an_optional_name(cmd):
 
 @pytest.mark.parametrize("cmd", ["create", "join"])
 @pytest.mark.parametrize(("rest", "text"), [
-    ("", "Invalid command"),
-    ("a b c", "Invalid command"),
+    ("", "usage"),
+    ("a b c", "usage"),
     ("x" * 33, "Bad room name"),
     ("a,b", "Bad room name"),
     ("lounge " + "x" * 21, "Bad username"),
     ("lounge a,b", "Bad username"),
 ])
 def test_create_and_join_refusals(cmd, rest, text):
-    assert refused_text(f"/{cmd} {rest}") == text
+    assert refused_text(f"/{cmd} {rest}") == (usage_of(cmd) if text == "usage" else text)
 
 
 # --- leave / who -----------------------------------------------------------------------------
@@ -141,7 +195,7 @@ def test_leave_and_who_default_to_the_current_room(cmd):
 def test_leave_and_who_in_the_lobby_need_a_room(cmd):
     got = parse(f"/{cmd}", LOBBY)
     assert isinstance(got, Refused) and got.code == "not_a_member"
-    assert refused_text(f"/{cmd} a b", ROOM) == "Invalid command"
+    assert refused_text(f"/{cmd} a b", ROOM) == usage_of(cmd)
     assert refused_text(f"/{cmd} {'x' * 33}", ROOM) == "Bad room name"
 
 
@@ -154,9 +208,9 @@ def test_whisper_goes_to_a_member_of_the_current_room():
 
 
 @pytest.mark.parametrize(("line", "text"), [
-    ("/whisper", "Invalid command"),
-    ("/whisper bob", "Invalid command"),
-    ("/whisper bob   ", "Invalid command"),
+    ("/whisper", usage_of("whisper")),
+    ("/whisper bob", usage_of("whisper")),
+    ("/whisper bob   ", usage_of("whisper")),
     ("/whisper " + "x" * 21 + " hi", "Bad username"),
     ("/whisper a,b hi", "Bad username"),
     ("/whisper bob " + TOO_LONG_TEXT, "Bad message"),
@@ -182,6 +236,13 @@ def test_msg_and_its_alias_sendto(line):
 def test_msg_to_several_names_separated_by_commas():
     assert parse("/msg bob,carol,dave hi", ROOM) == sends(
         "msg", to=["bob", "carol", "dave"], text="hi")
+
+
+@pytest.mark.parametrize("names", ["bob, carol", "bob ,carol", "bob , carol", "bob,  carol"])
+def test_msg_recipients_may_be_separated_by_a_comma_and_spaces(names):
+    """The peer-list program writes ``bob, carol``."""
+    assert parse(f"/msg {names} hi  there", ROOM) == sends(
+        "msg", to=["bob", "carol"], text="hi  there")
 
 
 def test_msg_to_twenty_names_and_the_longest_text_is_accepted():
@@ -219,13 +280,13 @@ def test_broadcast_takes_the_rest_of_the_line():
 
 
 def test_broadcast_refusals():
-    assert refused_text("/broadcast") == "Invalid command"
+    assert refused_text("/broadcast") == usage_of("broadcast")
     assert refused_text("/broadcast " + TOO_LONG_TEXT) == "Bad message"
 
 
 def test_me_is_an_action_in_the_current_room():
     assert parse("/me waves", ROOM) == sends("say", room=ROOM, text="waves", me=True)
-    assert refused_text("/me", ROOM) == "Invalid command"
+    assert refused_text("/me", ROOM) == usage_of("me")
     got = parse("/me waves", LOBBY)
     assert isinstance(got, Refused) and got.code == "not_a_member"
 
@@ -241,11 +302,11 @@ def test_history_pages_back_n_messages_of_the_current_room(line, n):
 
 @pytest.mark.parametrize("arg", ["0", "201", "-1", "abc", "1 2", "2.5", "+3"])
 def test_history_with_a_bad_count_is_invalid(arg):
-    assert refused_text(f"/history {arg}", ROOM) == "Invalid command"
+    assert refused_text(f"/history {arg}", ROOM) == usage_of("history")
 
 
 def test_history_with_a_non_decimal_digit_is_invalid_not_a_crash():
-    assert refused_text("/history ²", ROOM) == "Invalid command"
+    assert refused_text("/history ²", ROOM) == usage_of("history")
 
 
 def test_history_in_the_lobby_needs_a_room():
@@ -292,9 +353,90 @@ def test_quit_and_its_aliases(line):
     assert parse(line, LOBBY) == Local("quit")
 
 
-@pytest.mark.parametrize("line", ["/quit", "/exit"])
-def test_quit_in_a_room_needs_the_slash(line):
+@pytest.mark.parametrize("line", ["/quit", "/exit", "quit"])
+def test_quit_in_a_room(line):
     assert parse(line, ROOM) == Local("quit")
+
+
+# --- nick, away, window, query, aliases --------------------------------------------------
+
+
+def test_nick_takes_a_new_name_in_a_room_too():
+    assert parse("/nick bob2", ROOM) == sends("login", name="bob2")
+    assert parse("nick bob2", LOBBY) == sends("login", name="bob2")
+    assert refused_text("/nick", ROOM) == "Bad username"
+    assert refused_text("/nick a b", ROOM) == "Bad username"
+
+
+def test_away_with_a_reason_and_back_without_one():
+    assert parse("/away gone  fishing ", ROOM) == sends("away", text="gone  fishing")
+    assert parse("/away", ROOM) == sends("away")
+    assert parse("/away " + "x" * P.AWAY_MAX, ROOM) == sends("away", text="x" * P.AWAY_MAX)
+    assert refused_text("/away " + "x" * (P.AWAY_MAX + 1), ROOM) == "Bad message"
+    assert refused_text("/away gone\x1b", ROOM) == "Bad message"
+
+
+@pytest.mark.parametrize(("line", "n"), [("/window 1", 1), ("/window 12", 12),
+                                         ("window 3", 3)])
+def test_window_switches_to_a_room_by_number(line, n):
+    assert parse(line, LOBBY) == Local("window", n)
+
+
+@pytest.mark.parametrize("arg", ["", "0", "-1", "x", "1 2", "²"])
+def test_window_needs_one_positive_number(arg):
+    assert refused_text(f"/window {arg}", ROOM) == usage_of("window")
+
+
+def test_query_opens_and_closes_a_private_conversation():
+    assert parse("/query bob", ROOM) == Local("query", "bob")
+    assert parse("/q bob", LOBBY) == Local("query", "bob")
+    assert parse("/query", ROOM) == Local("query", None)
+    assert refused_text("/query a,b", ROOM) == "Bad username"
+    assert refused_text("/query bob carol", ROOM) == usage_of("query")
+
+
+@pytest.mark.parametrize("room", [LOBBY, ROOM])
+def test_in_a_query_plain_text_goes_to_that_person(room):
+    assert parse("hi  there", room, "bob") == sends("msg", to=["bob"], text="hi  there")
+    assert parse("//help", room, "bob") == sends("msg", to=["bob"], text="/help")
+    assert parse(" quit", room, "bob") == sends("msg", to=["bob"], text="quit")
+    assert parse("quit", room, "bob") == Local("quit")
+    assert parse("/me waves", ROOM, "bob") == sends("say", room=ROOM, text="waves", me=True)
+    assert parse(TOO_LONG_TEXT, room, "bob") == Refused("bad_message")
+
+
+@pytest.mark.parametrize(("alias", "name"), [("j", "join"), ("part", "leave"),
+                                             ("names", "who"), ("w", "who"),
+                                             ("q", "query"), ("query", "query")])
+def test_the_usual_aliases(alias, name):
+    assert find(alias) is find(name)
+
+
+def test_aliases_parse_as_their_command():
+    assert parse("/j den", ROOM) == sends("join", room="den")
+    assert parse("/part", ROOM) == sends("leave", room=ROOM)
+    assert parse("/names", ROOM) == sends("who", room=ROOM)
+    assert parse("/w den", ROOM) == sends("who", room="den")
+
+
+# --- the arrival question, and the assignment's Success/Failure ----------------------------
+
+
+@pytest.mark.parametrize(("line", "name"), [
+    ("alice", "alice"), ("  Dave ", "Dave"), ("login alice", None), ("list", None),
+    ("quit", None), ("/alice", None), ("two words", None), ("a,b", None), ("", None),
+    ("x" * 21, None)])
+def test_a_single_word_that_is_no_command_answers_the_name_question(line, name):
+    assert as_name(line) == name
+
+
+@pytest.mark.parametrize(("line", "room", "reports"), [
+    ("login bob", LOBBY, True), ("sendto bob hi", LOBBY, True), ("logout", LOBBY, True),
+    ("LOGIN bob", LOBBY, True), ("/login bob", LOBBY, False), ("/msg bob hi", LOBBY, False),
+    ("msg bob hi", LOBBY, False), ("users", LOBBY, False), ("/logout", ROOM, False)])
+def test_success_or_failure_is_reported_for_the_assignment_s_bare_commands(line, room,
+                                                                          reports):
+    assert reports_outcome(line, room) is reports
 
 
 # --- the command table -----------------------------------------------------------------------
@@ -314,7 +456,8 @@ def test_the_table_has_the_commands_of_the_spec():
     names = {n for spec in COMMANDS for n in spec.names}
     assert {"login", "logout", "users", "rooms", "ls", "list", "create", "join", "leave",
             "who", "whisper", "msg", "sendto", "broadcast", "history", "help", "commands",
-            "quit", "exit"} <= names
+            "quit", "exit", "nick", "away", "window", "query", "q", "say", "j", "part",
+            "names", "w"} <= names
 
 
 def test_refusal_texts_come_from_the_schema():
@@ -331,9 +474,9 @@ _lines = st.builds(lambda slash, word, args: f"{slash}{word} {' '.join(args)}",
 
 
 @settings(max_examples=300, deadline=None)
-@given(_lines, st.sampled_from([LOBBY, ROOM]))
-def test_any_line_is_a_command_and_every_request_sent_passes_the_schema(line, room):
-    got = parse(line, room)
+@given(_lines, st.sampled_from([LOBBY, ROOM]), st.sampled_from([None, "bob"]))
+def test_any_line_is_a_command_and_every_request_sent_passes_the_schema(line, room, query):
+    got = parse(line, room, query)
     assert got is None or isinstance(got, Send | Local | Refused)
     if isinstance(got, Refused):
         assert got.text

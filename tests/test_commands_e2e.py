@@ -91,19 +91,22 @@ def test_login_with_missing_too_long_spaced_or_extra_words_prints_exactly_bad_us
     assert c.event("reply", cmd="login")["name"] == "alice"
 
 
-def test_login_of_a_taken_name_is_a_clear_error_and_names_are_case_sensitive(broker, clients):
+def test_login_of_a_taken_name_prints_failure_then_why(broker, clients):
     logged_in(clients(), "alice")
     bob = clients(json_mode=False)
-    bob.send("login alice", "login Alice")
-    assert lines_until(bob, exact("Logged in as Alice")) == ["Nickname alice is taken",
-                                                              "Logged in as Alice"]
-    assert [u["name"] for u in admin_json(broker.control, "users")["users"]] == ["Alice",
-                                                                                 "alice"]
-    # In JSON mode: the error's code.
+    bob.send("login alice", "login bob")
+    # The chatroom assignment's Success/Failure line first, then what happened.
+    assert lines_until(bob, exact("Logged in as bob")) == [
+        "Failure", "Nickname alice is taken", "Success", "Logged in as bob"]
+    assert [u["name"] for u in admin_json(broker.control, "users")["users"]] == ["alice",
+                                                                                 "bob"]
+    # In JSON mode: the error's code, and no Success/Failure event.
     carol = clients()
-    carol.send("login alice")
+    carol.send("login alice", "users")
     ev = carol.event("error", cmd="login")
     assert ev["code"] == "name_taken" and "alice" in ev["text"]
+    carol.event("reply", cmd="users")
+    assert not [e for e in json_lines(carol.out.seen) if e["event"] == "outcome"]
 
 
 # --- /logout -----------------------------------------------------------------------------
@@ -322,8 +325,9 @@ def test_whisper_errors_in_line_mode(broker, clients):
     alice.send("create r2")
     alice.line(exact("[r2] alice joined"))
     alice.send("/whisper bob hi", "/whisper bob", "/whisper " + "n" * 21 + " hi")
-    assert lines_until(alice, exact("Bad username")) == ["bob is not in r2", "Invalid command",
-                                                         "Bad username"]
+    assert lines_until(alice, exact("Bad username")) == [
+        "bob is not in r2", "Usage: /whisper NAME TEXT - a private word to a member of this "
+        "room", "Bad username"]
 
 
 # --- /msg, sendto ------------------------------------------------------------------------
@@ -415,8 +419,7 @@ def test_broadcast_reaches_every_logged_in_user(broker, clients):
 # --- /history ----------------------------------------------------------------------------
 
 
-@pytest.mark.broker_args("--rate", "0")  # 60 messages at once: no rate limit in the way
-def test_history_pages_backwards_in_order_then_says_no_older_messages(broker, clients):
+def test_history_shows_the_newest_n_messages_oldest_first(broker, clients):
     alice = logged_in(clients(), "alice")
     in_room(alice, "create lounge")  # seq 1: alice joined
     alice.send(*[f"m{i}" for i in range(1, 61)])  # seq 2..61
@@ -424,18 +427,18 @@ def test_history_pages_backwards_in_order_then_says_no_older_messages(broker, cl
     bob = clients()
     bob.send("join lounge bob")  # seq 62; replays seq 13..62
     bob.event("reply", cmd="join")
-    bob.send("/history 5", "/history 20", "/history 5")
+    bob.send("/history 5", "/history 200")
     page = bob.event("history", room="lounge")["events"]
-    assert [(e["seq"], e["text"]) for e in page] == [(s, f"m{s - 1}") for s in range(8, 13)]
+    assert [(e["seq"], e.get("text")) for e in page] == [
+        (s, f"m{s - 1}") for s in range(58, 62)] + [(62, None)]  # ...and bob's own join
     page = bob.event("history", room="lounge")["events"]
-    assert [e["seq"] for e in page] == list(range(1, 8))
-    assert page[0]["kind"] == "join" and [e["text"] for e in page[1:]] == [
-        f"m{i}" for i in range(1, 7)]
-    assert bob.event("history", room="lounge")["events"] == []
+    assert [e["seq"] for e in page] == list(range(1, 63))  # the whole room, in order
+    assert page[0]["kind"] == "join" and page[0]["name"] == "alice"
 
 
-@pytest.mark.broker_args("--rate", "0")
-def test_history_in_line_mode_shows_older_messages_then_no_older_messages(broker, clients):
+def test_history_in_line_mode_prints_older_messages_above_newer_ones(broker, clients):
+    """Each /history is one block in time order ending now: a terminal scrolls up, so
+    older pages printed after newer ones would read backwards."""
     alice = logged_in(clients(), "alice")
     in_room(alice, "create lounge")
     alice.send(*[f"m{i}" for i in range(1, 56)])  # seq 2..56
@@ -445,14 +448,12 @@ def test_history_in_line_mode_shows_older_messages_then_no_older_messages(broker
     carol.line(exact("[lounge] carol joined"))
     carol.send("/history 3")
     assert lines_until(carol, exact("--- end of older messages ---")) == [
-        "--- older messages of lounge ---", "[lounge] alice: m4", "[lounge] alice: m5",
-        "[lounge] alice: m6", "--- end of older messages ---"]
-    carol.send("/history 50")
+        "--- older messages of lounge ---", "[lounge] alice: m54", "[lounge] alice: m55",
+        "[lounge] carol joined", "--- end of older messages ---"]
+    carol.send("/history 200")
     out = lines_until(carol, exact("--- end of older messages ---"))
-    assert out[1:-1] == ["[lounge] alice joined", "[lounge] alice: m1", "[lounge] alice: m2",
-                         "[lounge] alice: m3"]
-    carol.send("/history")
-    carol.line(lambda line: line.startswith("No older messages"))
+    assert out[1:-1] == ["[lounge] alice joined"] + [
+        f"[lounge] alice: m{i}" for i in range(1, 56)] + ["[lounge] carol joined"]
 
 
 # --- /help, /quit, wrong arguments -------------------------------------------------------
@@ -490,22 +491,39 @@ def test_quit_and_exit_end_the_client_with_status_0_and_others_see_it_leave(
     assert admin_json(broker.control, "stats")["clients"] == 1
 
 
-def test_wrong_arguments_print_exactly_invalid_command(broker, clients):
+def test_a_wrong_command_names_itself_and_shows_its_usage(broker, clients):
     c = clients(json_mode=False)
-    c.send("/users extra", "/join", "/join a b c", "/frob", "hello there", "/logout now",
-           "/rooms x", "/list x", "/leave a b", "/quit now", "users")
-    assert lines_until(c, exact("No users logged in")) == ["Invalid command"] * 10 + [
+    c.send("/users extra", "/join", "/frob", "/logout now", "/leave a b", "/quit now",
+           "users")
+    assert lines_until(c, exact("No users logged in")) == [
+        "Usage: /users - who is logged in",
+        "Usage: /join ROOM [NAME] - enter a room (or make it current)",
+        "Unknown command: /frob (/help lists them)",
+        "Usage: /logout - give up your nickname and leave every room",
+        "Usage: /leave [ROOM] - leave the current or named room",
+        "Usage: /quit - leave the chat",
         "No users logged in"]
     c.send("create lounge")
     c.line(exact("[lounge] Guest1 joined"))
-    c.send("/history abc", "/history 0", "/history 201", "/history 1 2", "/who a b")
-    assert next_lines(c, 5) == ["Invalid command"] * 5
-    # In JSON mode: the code.
+    c.send("/history abc", "/who a b")
+    assert next_lines(c, 2) == ["Usage: /history [N] - the last N messages of this room, oldest "
+                                "first", "Usage: /who [ROOM] - members of the current or named "
+                                "room"]
+    # In JSON mode: the codes.
     j = clients()
     j.send("/frob", "/users extra")
-    for _ in range(2):
-        ev = j.event("error")
-        assert (ev["code"], ev["text"]) == ("invalid_command", "Invalid command")
+    assert j.event("error")["code"] == "unknown_command"
+    assert j.event("error")["code"] == "invalid_command"
+
+
+def test_the_assignment_s_exact_texts_stay(broker, clients):
+    """Its client prints exactly these for a bare line that is no command and for its own
+    commands used wrongly."""
+    c = clients(json_mode=False)
+    c.send("hello there", "logout now", "login two words", "sendto bob", "frob", "users")
+    assert lines_until(c, exact("No users logged in")) == [
+        "Invalid command", "Invalid command", "Bad username", "Bad username",
+        "Invalid command", "No users logged in"]
 
 
 # --- end of input ------------------------------------------------------------------------

@@ -83,6 +83,10 @@ def test_a_broadcast():
     ("resumed", {"name": None, "rooms": []}, "Reconnected as (no nickname)"),
     ("error", {"cmd": "login", "code": "bad_username", "text": "Bad username"}, "Bad username"),
     ("info", {"text": "/quit  leave the chat"}, "/quit  leave the chat"),
+    ("outcome", {"ok": True}, "Success"),
+    ("outcome", {"ok": False}, "Failure"),
+    ("nick", {"room": "lounge", "name": "al", "old": "alice"},
+     "[lounge] alice is now known as al"),
 ])
 def test_notices(kind, data, line):
     assert render(Event(kind, data)) == [line]
@@ -121,6 +125,8 @@ def test_an_unknown_event_kind_shows_nothing():
     ({"cmd": "msg", "to": ["bob", "carol"], "text": "hi"}, "(to bob, carol) hi"),
     ({"cmd": "broadcast", "count": 1, "text": "hi"}, "(broadcast to 1 user) hi"),
     ({"cmd": "broadcast", "count": 4, "text": "hi"}, "(broadcast to 4 users) hi"),
+    ({"cmd": "away", "text": "lunch"}, "You are marked away: lunch"),
+    ({"cmd": "away"}, "You are back"),
 ], ids=lambda v: v["cmd"] if isinstance(v, dict) else None)
 def test_replies(data, line):
     assert render(Event("reply", data)) == [line]
@@ -175,6 +181,33 @@ def test_clean_leaves_printable_text_alone(text):
     assert clean(text) == text
 
 
+@pytest.mark.parametrize("text", ["👩\u200d💻", "👨\u200d👩\u200d👧", "می\u200cخواهم",
+                                  "क्\u200dष"])
+def test_clean_keeps_the_joiners_that_emoji_and_scripts_are_written_with(text):
+    assert clean(text) == text
+    assert render(Event("msg", {"room": "r", "from": "sara", "text": text})) == [
+        f"[r] sara: {text}"]
+
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    ("\u2066x\u2069", "<U+2066>x<U+2069>"),  # bidi isolates
+    ("\u200fx", "<U+200F>x"),  # right-to-left mark
+    ("a\u200bb", "a<U+200B>b"),  # zero-width space: hides where a word breaks
+    ("\u00adx", "<U+00AD>x"),  # soft hyphen
+])
+def test_clean_still_shows_the_other_invisible_format_characters(raw, shown):
+    assert clean(raw) == shown
+
+
+BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(sorted(BIDI) + ["a", "\u200d", "\u200c", " "])))
+def test_clean_never_lets_a_bidi_control_through(text):
+    assert not BIDI & set(clean(text))
+
+
 def _forbidden(text: str) -> list[str]:
     return [ch for ch in text if ord(ch) < 32 or ord(ch) == 127 or 0x80 <= ord(ch) <= 0x9F]
 
@@ -189,6 +222,7 @@ def _events(h: str) -> list[Event]:
         Event("msg", {"room": h, "seq": 1, "from": h, "text": h, "me": True}),
         Event("join", {"room": h, "seq": 1, "name": h}),
         Event("leave", {"room": h, "seq": 1, "name": h, "reason": h}),
+        Event("nick", {"room": h, "seq": 1, "name": h, "old": h}),
         Event("dm", {"from": h, "to": [h], "text": h}),
         Event("dm", {"from": h, "to": [h, h], "text": h}),
         Event("whisper", {"from": h, "room": h, "text": h}),
@@ -217,12 +251,13 @@ def _events(h: str) -> list[Event]:
         Event("reply", {"cmd": "whisper", "to": h, "room": h, "text": h}),
         Event("reply", {"cmd": "msg", "to": [h], "text": h}),
         Event("reply", {"cmd": "broadcast", "count": 2, "text": h}),
+        Event("reply", {"cmd": "away", "text": h}),
     ]
 
 
 def test_every_kind_a_peer_can_cause_is_covered_above():
-    # "info" is the client's own text (help), never a peer's.
-    assert {e.kind for e in _events("x")} == set(RENDERERS) - {"info"}
+    # "info" is the client's own text (help), "outcome" its Success/Failure: never a peer's.
+    assert {e.kind for e in _events("x")} == set(RENDERERS) - {"info", "outcome"}
 
 
 @pytest.mark.parametrize("event", _events(HOSTILE), ids=lambda e: e.kind)

@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .harness import ROOT, Broker, Client
+from .harness import ROOT, Broker, Client, json_lines
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux"),
@@ -51,6 +52,15 @@ class Terminal:
 
     def type(self, text: str) -> None:
         self._tmux("send-keys", "-l", text)
+
+    def paste(self, text: str, bracketed: bool) -> None:
+        """Paste as a terminal does: bracketed (the program is told where the paste starts
+        and ends, if it asked to be), or as if typed, each newline an Enter."""
+        path = os.path.join(self.dir, "paste")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        self._tmux("load-buffer", "-b", "p", path)
+        self._tmux("paste-buffer", "-b", "p", *(["-p"] if bracketed else []))
 
     def press(self, *keys: str) -> None:
         self._tmux("send-keys", *keys)
@@ -84,8 +94,9 @@ class Terminal:
 def terminal(broker: Broker) -> Iterator[Callable[..., Terminal]]:
     started: list[Terminal] = []
 
-    def start(*args: str) -> Terminal:
-        t = Terminal([sys.executable, "-m", "client", "--server", broker.router, *args])
+    def start(*args: str, width: int = 100, height: int = 24) -> Terminal:
+        t = Terminal([sys.executable, "-m", "client", "--server", broker.router, *args],
+                     width, height)
         started.append(t)
         return t
 
@@ -102,14 +113,24 @@ def bob_in_lounge(clients: Callable[..., Client]) -> Client:
     return bob
 
 
-def alice_in_lounge(terminal: Callable[..., Terminal], other: str = "bob") -> Terminal:
+def alice_in_lounge(terminal: Callable[..., Terminal], other: str = "bob", **size: int
+                    ) -> Terminal:
     """alice, at a terminal, logged in and in the lounge where ``other`` already is."""
-    alice = terminal("--name", "alice")
+    alice = terminal("--name", "alice", **size)
     alice.wait_for("Logged in as alice")
     alice.type("/join lounge")
     alice.press("Enter")
-    alice.wait_for(f"Joined lounge as alice (members: {other}, alice)")
+    alice.wait_for(lambda lines: other in joined_members(lines))
     return alice
+
+
+def joined_members(lines: list[str]) -> list[str]:
+    """The members alice was told of on joining the lounge, in whatever order."""
+    for line in lines:
+        found = re.search(r"Joined lounge as alice \(members: (.*)\)", line)
+        if found:
+            return found[1].split(", ")
+    return []
 
 
 STAMP = r"\[\d\d:\d\d\] "
@@ -221,3 +242,186 @@ def test_what_others_type_cannot_drive_the_terminal(terminal, clients):
     assert any(ln.endswith("[lounge] mallory: ^[[2J^[[Hgotcha^G") for ln in screen), screen
     assert any("Joined lounge as alice" in ln for ln in screen)  # nothing was cleared
 
+
+
+# --- nothing typed or pasted is lost, merged or reordered ----------------------------------
+
+
+def _received(bob: Client, n: int, timeout: float = 30) -> list[str]:
+    return [bob.event("msg", timeout=timeout, **{"from": "alice"})["text"] for _ in range(n)]
+
+
+def _nothing_more(bob: Client) -> None:
+    """...and once: no message from alice comes after the ones expected."""
+    later = json_lines(bob.out.drain(0.5))
+    assert not [e for e in later if e.get("event") == "msg" and e.get("from") == "alice"]
+
+
+def _no_refusal(alice: Terminal) -> None:
+    screen = alice.screen()
+    assert not [ln for ln in screen if "Slow down" in ln or "rate" in ln.lower()], screen
+
+
+PASTE = [f"pasted line {i:03} of 200" for i in range(200)]
+
+
+def test_a_200_line_bracketed_paste_asks_then_sends_each_line_in_order(terminal,
+                                                                       bob_in_lounge):
+    bob, alice = bob_in_lounge, alice_in_lounge(terminal, width=80, height=24)
+    alice.paste("\n".join(PASTE) + "\n", bracketed=True)
+    alice.wait_for("Send the 200 pasted lines as 200 messages? [y/N]")
+    alice.type("y")
+    alice.press("Enter")
+    # More than the broker's burst: the rest wait their turn, and the screen says so.
+    alice.wait_for(lambda lines: any(re.fullmatch(r"sending \d+ queued lines…", ln)
+                                     for ln in lines))
+    assert _received(bob, 200) == PASTE  # whole, in order...
+    alice.wait_for(lambda lines: not any("queued lines" in ln or "(pending)" in ln
+                                         for ln in lines))
+    _nothing_more(bob)
+    _no_refusal(alice)
+
+
+def test_a_bracketed_paste_refused_sends_nothing(terminal, bob_in_lounge):
+    bob, alice = bob_in_lounge, alice_in_lounge(terminal)
+    alice.paste("one\ntwo\nthree\nfour\n", bracketed=True)
+    alice.wait_for("Send the 4 pasted lines as 4 messages? [y/N]")
+    alice.press("Enter")
+    alice.wait_for("Paste of 4 lines not sent")
+    alice.type("after the paste")
+    alice.press("Enter")
+    assert _received(bob, 1) == ["after the paste"]
+
+
+def test_a_short_bracketed_paste_is_sent_at_once_one_message_per_line(terminal,
+                                                                      bob_in_lounge):
+    bob, alice = bob_in_lounge, alice_in_lounge(terminal)
+    alice.type("start: ")
+    alice.paste("first\nsecond\nthird", bracketed=True)
+    assert _received(bob, 3) == ["start: first", "second", "third"]
+
+
+def test_a_200_line_unbracketed_paste_arrives_whole_once_and_in_order(terminal,
+                                                                      bob_in_lounge):
+    bob, alice = bob_in_lounge, alice_in_lounge(terminal, width=80, height=24)
+    alice.paste("\n".join(PASTE) + "\n", bracketed=False)
+    assert _received(bob, 200) == PASTE
+    alice.wait_for(lambda lines: not any("(pending)" in ln for ln in lines))
+    _nothing_more(bob)
+    _no_refusal(alice)
+
+
+def test_ctrl_c_clears_the_line_and_ctrl_d_on_an_empty_line_quits(terminal, bob_in_lounge):
+    bob, alice = bob_in_lounge, alice_in_lounge(terminal)
+    alice.type("half typed")
+    alice.wait_for(alice.prompt_is("[lounge] half typed"))
+    alice.press("C-c")
+    alice.wait_for(alice.prompt_is("[lounge]"))
+    alice.type("after")
+    alice.press("Enter")
+    assert _received(bob, 1) == ["after"]  # the cleared text was not sent, nor kept
+    assert not [e for e in json_lines(bob.out.drain(0.3)) if e.get("event") == "leave"]
+    alice.type("x")
+    alice.press("C-d")  # on a line with text: deletes forward, nothing else
+    alice.press("BSpace", "C-d")
+    alice.wait_for("[exited 0]")
+    assert bob.event("leave", name="alice")["reason"] == "quit"
+
+
+def test_lines_typed_while_the_broker_is_frozen_show_as_pending_then_arrive(
+        terminal, bob_in_lounge, broker):
+    bob, alice = bob_in_lounge, alice_in_lounge(terminal)
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        for text in ("typed while away", "and another"):
+            alice.type(text)
+            alice.press("Enter")
+        alice.wait_for(lambda lines: "(pending) typed while away" in lines
+                       and "(pending) and another" in lines)
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    assert _received(bob, 2) == ["typed while away", "and another"]
+    alice.wait_for(lambda lines: not any("(pending)" in ln for ln in lines)
+                   and any(ln.endswith("alice: and another") for ln in lines))
+
+
+# --- arriving, switching, talking privately --------------------------------------------------
+
+
+def test_without_a_name_the_first_word_typed_is_the_name(terminal):
+    t = terminal(height=60)  # room for the command list shown after it
+    t.wait_for("Your name?")
+    t.type("dave")
+    t.press("Enter")
+    t.wait_for(lambda lines: any(ln.endswith("Logged in as dave") for ln in lines)
+               and any("/join ROOM [NAME]" in ln for ln in lines))
+    assert t.toolbar().startswith("dave │ lobby")
+
+
+def test_window_and_alt_digit_switch_rooms_by_number(terminal, bob_in_lounge):
+    bob, alice = bob_in_lounge, alice_in_lounge(terminal)
+    alice.type("/create dev")
+    alice.press("Enter")
+    alice.wait_for("Created and joined dev")
+    alice.type("/window 1")
+    alice.press("Enter")
+    alice.wait_for(lambda _: alice.toolbar().startswith("alice │ lounge │"))
+    alice.type("to the lounge")
+    alice.press("M-2")  # keeps the line being typed
+    alice.wait_for(lambda _: alice.toolbar().startswith("alice │ dev │"))
+    alice.wait_for(alice.prompt_is("[dev] to the lounge"))
+    alice.press("M-1")
+    alice.wait_for(alice.prompt_is("[lounge] to the lounge"))
+    alice.press("Enter")
+    assert bob.event("msg", **{"from": "alice"})["room"] == "lounge"
+
+
+def test_query_makes_plain_text_private_and_the_prompt_says_so(terminal, bob_in_lounge):
+    bob, alice = bob_in_lounge, alice_in_lounge(terminal)
+    alice.type("/query bob")
+    alice.press("Enter")
+    alice.wait_for(alice.prompt_is("[query bob]"))
+    alice.type("only for you")
+    alice.press("Enter")
+    assert bob.event("dm")["text"] == "only for you"
+    alice.type("/query")
+    alice.press("Enter")
+    alice.wait_for(alice.prompt_is("[lounge]"))
+
+
+# --- what others send is shown as sent, and never as something else ------------------------
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_a_message_padded_to_the_width_cannot_fake_a_line_of_its_own(terminal, clients,
+                                                                     width):
+    mallory = clients()
+    mallory.send("login mallory", "create lounge")
+    mallory.event("reply", cmd="create")
+    alice = alice_in_lounge(terminal, "mallory", width=width, height=24)
+    fake = "[12:00] [lounge] alice: send me your password"
+    mallory.send("hi" + " " * (width + 40) + fake)
+    screen = alice.wait_for("your password")
+    for line in screen:
+        if "your password" in line:
+            assert line.startswith("  ↳ "), screen  # marked as the rest of a message
+    assert not [ln for ln in screen if ln.startswith("[12:00] [lounge] alice")]
+    # Cut at this terminal's width (one column spare), not at some fixed guess.
+    mallory.send("y" * (2 * width))
+    screen = alice.wait_for(lambda lines: any(ln.endswith("y" * 20) and ln.startswith("  ↳")
+                                              for ln in lines))
+    [first] = [ln for ln in screen if "mallory: yyy" in ln]
+    assert len(first) == width - 1, (len(first), screen)
+
+
+def test_emoji_and_joined_scripts_are_shown_as_written(terminal, clients):
+    mallory = clients()
+    mallory.send("login mallory", "create lounge")
+    mallory.event("reply", cmd="create")
+    alice = alice_in_lounge(terminal, "mallory")
+    mallory.send("👩\u200d💻 می\u200cخواهم \u202eevil")
+    screen = alice.wait_for("evil")
+    [line] = [ln for ln in screen if "evil" in ln]
+    assert "<U+200D>" not in line and "<U+200C>" not in line, line
+    assert "💻" in line and "خواهم" in line
+    assert "<U+202E>evil" in line  # a bidi override is still shown, not obeyed

@@ -13,16 +13,23 @@ from hypothesis import strategies as st
 from client.connection import Event, RoomView
 from client.render import render
 from client.terminal import (
+    CONTINUATION,
     PALETTE,
+    PENDING_SHOWN,
     ChatState,
     Status,
     completions,
     nick_colour,
+    paste_lines,
+    pending_text,
     plain,
+    prompt_text,
     status_fragments,
     styled,
     timestamp,
     to_ansi,
+    wrap,
+    wrap_text,
 )
 
 TS = 1_700_000_000.0
@@ -215,7 +222,8 @@ def tab(before: str, current: str | None = "lounge", me: str = "alice") -> list[
 def test_tab_completes_command_names_with_their_aliases():
     assert tab("/jo") == ["/join "]
     assert tab("/h") == ["/history ", "/help "]
-    assert tab("/qu") == ["/quit"]  # nothing follows: no space
+    assert tab("/qui") == ["/quit"]  # nothing follows: no space
+    assert tab("/qu") == ["/query ", "/quit"]
     assert tab("/ex") == ["/exit"]
 
 
@@ -249,3 +257,89 @@ def test_in_a_chat_line_tab_completes_nicknames_members_first_and_never_me():
 def test_nothing_to_complete_after_a_free_text_argument():
     assert tab("/broadcast hello th") == []
     assert tab("//jo") == []  # a chat line starting with a slash
+
+
+# --- screen lines: long lines are cut, and every continuation is marked -------------------
+
+
+def _cells(text: str) -> int:
+    from wcwidth import wcswidth
+
+    return wcswidth(text)
+
+
+def test_a_line_that_fits_is_left_alone():
+    line = styled(msg("short"))[0]
+    assert wrap(line, 80) == [line]
+
+
+def test_a_long_line_is_cut_below_the_width_and_each_continuation_is_marked():
+    text = "[lounge] bob: " + "word " * 60
+    parts = wrap_text(text, 40)
+    assert len(parts) > 1 and "".join(
+        p.removeprefix(CONTINUATION) for p in parts) == text
+    assert all(_cells(p) < 40 for p in parts)
+    assert all(p.startswith(CONTINUATION) for p in parts[1:])
+
+
+def test_padding_cannot_start_a_screen_line_with_text_that_looks_like_a_message():
+    fake = "[12:00] [lounge] alice: hi"
+    for width in range(20, 120):
+        parts = wrap_text("[lounge] mallory: x" + " " * 200 + fake, width)
+        assert all(p.startswith(CONTINUATION) for p in parts[1:])
+        assert not [p for p in parts[1:] if p.lstrip().startswith("[12:00]")
+                    and not p.startswith(CONTINUATION)]
+
+
+def test_wide_characters_count_double():
+    parts = wrap_text("日本語" * 20, 21)
+    assert all(_cells(p) < 21 for p in parts)
+    assert "".join(p.removeprefix(CONTINUATION) for p in parts) == "日本語" * 20
+
+
+def test_styles_are_kept_across_the_cut():
+    line = styled(msg("x" * 100))[0]
+    parts = wrap(line, 50)
+    assert "".join(plain(p).removeprefix(CONTINUATION) for p in parts) == plain(line)
+    assert parts[1][0] == ("dim", CONTINUATION)
+
+
+@given(st.text(max_size=300), st.integers(min_value=10, max_value=200))
+def test_wrapping_loses_nothing_and_never_overflows(text, width):
+    parts = wrap_text(text, width)
+    assert "".join([parts[0]] + [p.removeprefix(CONTINUATION) for p in parts[1:]]) == text
+    assert all(sum(max(0, _cells(ch)) for ch in p) < width for p in parts)
+
+
+# --- pending lines, pastes, the prompt ----------------------------------------------------
+
+
+def test_pending_lines_are_shown_then_counted():
+    lines = [f"line {i}" for i in range(5)]
+    assert pending_text(lines, 0, 80) == [
+        "(pending) line 0", "(pending) line 1", "(pending) line 2",
+        f"(pending) … and {5 - PENDING_SHOWN} more"]
+    assert pending_text([], 0, 80) == []
+
+
+def test_a_long_backlog_says_how_many_lines_are_queued():
+    assert pending_text(["a"] * 150, 150, 80)[-1] == "sending 150 queued lines…"
+    assert "queued" not in " ".join(pending_text(["a"] * 3, 3, 80))
+
+
+def test_pending_lines_are_cleaned_and_cut_to_one_screen_line():
+    [line] = pending_text(["\x1b[2J" + "x" * 200], 0, 40)
+    assert line.startswith("(pending) ^[[2J") and line.endswith("…") and len(line) < 40
+
+
+def test_a_paste_is_one_message_per_line_around_the_cursor():
+    assert paste_lines("start: ", "one\r\ntwo\n\n  \nthree", " end") == [
+        "start: one", "two", "three end"]
+    assert paste_lines("", "one\rtwo\n", "") == ["one", "two"]
+
+
+def test_the_prompt_names_the_query_when_there_is_one():
+    class Conn:
+        current, name = "lounge", "alice"
+    assert prompt_text(Conn()) == "[lounge] "
+    assert prompt_text(Conn(), "bob") == "[query bob] "
