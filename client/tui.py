@@ -1,18 +1,26 @@
 """``--tui``: the full-screen mode, on Textual.
 
-    alice │ lounge │ rooms: dev(2) lounge │ connected · lag 1 ms
-    ┌ Rooms ──────┐┌ lounge ───────────────────────────┐┌ Members (2) ┐
-    │ 1 dev     2 ││ [12:01] bob joined                ││ alice       │
-    │ 2 lounge    ││ [12:02] bob: hi alice             ││ bob         │
-    └─────────────┘└───────────────────────────────────┘└─────────────┘
+    alice │ 2:lounge │ act: 3,4 │ connected · lag 1 ms
+    ┌ Windows ──┐┌ 2 lounge ──────────────────────────┐┌ Members (2) ┐
+    │ 1 lobby   ││ [12:01] bob joined                 ││ alice       │
+    │ 2 lounge  ││ ── new since you last looked ───── ││ bob         │
+    │ 3 dev (2) ││ [12:02] bob: hi alice              ││             │
+    │ 4 bob     ││ ⧗ alice: on its way                ││             │
+    └───────────┘└────────────────────────────────────┘└─────────────┘
     > type here; /help lists the commands
-     ^n Next room  ^p Previous room  ^q Quit
+     ^n Next window  ^p Previous window  ^q Quit
 
-Everything goes through the same pieces as the line mode: typed lines are written to the
-``Runner``'s pipe (so ``/join``, ``/msg`` and a plain chat line mean exactly what they mean
-there), events are drawn with ``terminal.styled``, and ``terminal.ChatState`` keeps unread
-counts and members. Switching rooms is ``/join ROOM``, which the library reads as "make
-it current"; its confirmation is not printed when the switch came from a key or a click.
+Windows (``windows``): 1 is the lobby, then a window per room and per private
+conversation (``/query NAME``), switched with Ctrl+N/Ctrl+P, Alt+digit, ``/window N`` or a
+click. Typed lines go through the same pieces as the line mode: they are written to the
+``Runner``'s pipe (so ``/join``, ``/msg`` and a chat line mean what they mean there), and
+events are drawn with ``terminal.styled``. A room window on show is the library's current
+room: switching to one is a ``/join ROOM``, whose confirmation is not printed. Text typed
+in a conversation window becomes ``/msg NAME text``.
+
+Everything another user chose is drawn as text, never parsed as markup: lines, labels,
+titles and toasts are built as Rich ``Text`` or Textual ``Content``, and ``notify`` is
+called with ``markup=False``.
 
 The Runner owns the sockets on a thread of its own; its ``show`` posts each event, with a
 snapshot of the status taken at that moment, to the app (``post_message`` is thread-safe).
@@ -23,17 +31,30 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import zmq
 from rich.text import Text
 from textual import on
+from textual._ansi_sequences import ANSI_SEQUENCES_KEYS
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal
+from textual.containers import Horizontal, Vertical
+from textual.content import Content
+from textual.events import Key, Paste, Resize
+from textual.geometry import Size
 from textual.message import Message
-from textual.widgets import ContentSwitcher, Footer, Input, OptionList, RichLog, Static
+from textual.screen import ModalScreen
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+from textual.widgets import ContentSwitcher, Footer, Input, OptionList, Static
 from textual.widgets.option_list import Option
+
+from schema import protocol as P
 
 from .connection import Connection, Event
 from .render import clean
@@ -43,15 +64,28 @@ from .terminal import (
     Line,
     Status,
     completions,
+    format_lag,
     nick_colour,
-    status_fragments,
     status_of,
     styled,
 )
+from .windows import (
+    QUERY,
+    ROOM,
+    Outbox,
+    Window,
+    Windows,
+    activity_list,
+    conversation,
+    highlighted,
+    outgoing,
+    ui_command,
+    window_label,
+)
 
-# The style names of terminal.styled and terminal.status_fragments, for Rich. Colours are
-# given exactly: Textual would otherwise map ANSI names through its theme, differently in
-# the message pane and in the lists, and a nickname must look the same in both.
+# The style names of terminal.styled and windows, for Rich. Colours are given exactly:
+# Textual would otherwise map ANSI names through its theme, differently in the message
+# pane and in the lists, and a nickname must look the same in both.
 NICK_COLOURS = {
     "green": "#5fd75f", "yellow": "#d7af5f", "blue": "#5f87ff", "magenta": "#d75fd7",
     "cyan": "#5fd7d7", "bright_green": "#87ff87", "bright_yellow": "#ffff87",
@@ -61,19 +95,44 @@ RICH_STYLE = {
     "time": "dim", "dim": "dim", "bold": "bold", "private": "#d787d7", "error": "#ff5f5f",
     "alert": "bold #ff5f5f", "warn": "#ffd75f", "good": "#87d787", "bad": "bold #ff5f5f",
     "self": "bold", "name": "bold", "room": "bold #5fd7ff", "unread": "bold #ffd75f",
+    "highlight": "bold #ff87d7", "active": "#87afd7", "pending": "dim italic",
     "sep": "dim", "lag": "dim", "current": "underline", **NICK_COLOURS,
 }
+HIGHLIGHT_LINE = "on #5f005f"  # the background of a line that mentions you
+MARKER_STYLE = "bold #ff5f5f"
 
-ROOM_EVENTS = ("msg", "join", "leave", "history")
-SCROLLBACK = 5000  # lines kept per pane
+SCROLLBACK = 5000  # lines kept per window
+PASTE_ASK_ABOVE = 5  # a paste of more lines asks first (irssi's paste_verify_line_count)
+PENDING_SHOWN = 3  # pending lines listed under the pane; more are counted
 
 
-def to_rich(line: Line) -> Text:
-    """A styled line as Rich text. The text is appended, never parsed as markup."""
-    out = Text(no_wrap=False)
-    for style, text in line:
-        out.append(text, style=" ".join(RICH_STYLE.get(s, s) for s in style.split()))
+def _alt_digits_switch_windows() -> None:
+    """Alt+digit, as tmux and most terminals send it (ESC then the digit), is alt+N.
+
+    Textual maps ESC+digit to the characters macOS's Option+digit types (``¡™£¢∞§¶•ªº``,
+    for WezTerm on macOS), so under tmux Alt+1..9 typed those instead of switching
+    windows. The same characters typed as themselves (a UK keyboard's £) still arrive
+    as characters: only the two-byte ESC sequences are remapped. The parser reads each
+    value's ``.value`` as the key's name."""
+    for digit in "0123456789":
+        ANSI_SEQUENCES_KEYS[f"\x1b{digit}"] = (SimpleNamespace(value=f"alt+{digit}"),)
+
+
+_alt_digits_switch_windows()
+
+
+def to_rich(line: Line, style: str = "") -> Text:
+    """A styled line as Rich text. The text is appended, never parsed as markup; a word
+    too long for the pane is folded onto the next line rather than cut off."""
+    out = Text(style=style, overflow="fold", no_wrap=False)
+    for names, text in line:
+        out.append(text, style=" ".join(RICH_STYLE.get(s, s) for s in names.split()))
     return out
+
+
+def plain_content(text: str) -> Content:
+    """A title as Textual content: shown as it is, never read as markup."""
+    return Content(text)
 
 
 class Incoming(Message):
@@ -94,26 +153,156 @@ class Finished(Message):
 
 
 class SideList(OptionList, can_focus=False):
-    """Rooms or members: clicked, never focused (typing always goes to the input)."""
+    """Windows or members: clicked, never focused (typing always goes to the input)."""
+
+
+class ChatLog(ScrollView, can_focus=False):
+    """A window's lines, wrapped to the pane's width, and wrapped again whenever that
+    width changes (RichLog wraps each line once, at the width it has when written). It
+    stays at the bottom as lines arrive unless you scrolled back. The "new since you last
+    looked" rule goes before line number ``seen`` of the window, if there is one."""
+
+    DEFAULT_CSS = "ChatLog { overflow-x: hidden; overflow-y: scroll; }"
+
+    def __init__(self, window: Window, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.window = window
+        self.items: deque[Text] = deque()
+        self._first = 0  # the window's line number of items[0]; older ones are dropped
+        self._width = 0  # what the lines are wrapped at; 0 until the pane has a width
+        self._wrapped: deque[list[Strip]] = deque()  # items, wrapped at _width
+        self.lines: list[Strip] = []  # what scrolls: the wrapped items and the rule
+        self._seen: int | None = window.seen
+        self._follow = True  # at the bottom, so new lines scroll into view
+
+    def add(self, text: Text) -> None:
+        dropped = len(self.items) == SCROLLBACK
+        if dropped:
+            self.items.popleft()
+            self._first += 1
+        self.items.append(text)
+        if not self._width:
+            return  # wrapped when the pane first gets a width
+        strips = self._wrap(text)
+        self._wrapped.append(strips)
+        if dropped:
+            self._wrapped.popleft()
+            self._rebuild()
+            return
+        if self._seen == self._first + len(self.items) - 1:
+            self.lines += self._rule()
+        self.lines += strips
+        self._update()
+
+    def set_seen(self, seen: int | None) -> None:
+        if seen != self._seen:
+            self._seen = seen
+            self._rebuild()
+
+    def on_resize(self, event: Resize) -> None:
+        width = self.scrollable_content_region.width
+        if width > 0 and width != self._width:
+            self._width = width
+            self._wrapped = deque(self._wrap(text) for text in self.items)
+            self._rebuild()
+
+    def _wrap(self, text: Text) -> list[Strip]:
+        console = self.app.console
+        lines = console.render_lines(text, console.options.update_width(self._width),
+                                     pad=False)
+        return [Strip(line) for line in lines]
+
+    def _rule(self) -> list[Strip]:
+        label = "── new since you last looked "
+        text = Text((label + "─" * self._width)[:self._width], style=MARKER_STYLE)
+        return self._wrap(text)
+
+    def _rebuild(self) -> None:
+        if not self._width:
+            return
+        self.lines = []
+        for index, strips in enumerate(self._wrapped, self._first):
+            if index == self._seen:
+                self.lines += self._rule()
+            self.lines += strips
+        self._update()
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        # Scrolled by the person (or clamped by a resize): follow the end only if that
+        # is where the view is. Decided here, not when lines arrive, since a resize
+        # moves the end before the lines are wrapped again.
+        if self._width and self.virtual_size.height == len(self.lines):
+            self._follow = new >= self.max_scroll_y
+
+    def _update(self) -> None:
+        self.virtual_size = Size(self._width, len(self.lines))
+        if self._follow:
+            self.scroll_end(animate=False, immediate=False, x_axis=False)
+        self.refresh()
+
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        index = self.scroll_offset.y + y
+        if index >= len(self.lines):
+            return Strip.blank(width, self.rich_style)
+        return self.lines[index].crop_extend(0, width, self.rich_style).apply_style(
+            self.rich_style)
 
 
 class ChatInput(Input):
-    """The input line, with Up/Down through the lines sent before, and Tab.
+    """The input line, with Up/Down through the lines sent before.
 
-    Keys that act on what is typed are bound here or, not as priority bindings, on the
-    app: either way they are taken in turn with the keys typed before them (a priority
-    binding would jump ahead of characters still queued for the input)."""
+    Keys that act on what is typed, or on where it goes (Enter, Tab, Up, Down, and the
+    window switches in ``keys``), are taken here, in the input's own turn with the
+    characters around them, and the app is called at once. A binding would run only
+    once the key had bubbled up to the app, and by then the characters typed after it
+    could be in the box already: lines typed or pasted at speed were merged, cut or sent
+    twice, and a Ctrl+N between two lines could land before the first. Enter hands the
+    line to ``on_line`` and empties the box; a paste of several lines goes to
+    ``on_paste``, one entry per line."""
 
-    BINDINGS = [Binding("up", "older", show=False), Binding("down", "newer", show=False),
-                Binding("tab", "app.complete", show=False),
-                Binding("pageup", "app.scroll(-1)", "Scroll back"),
+    BINDINGS = [Binding("pageup", "app.scroll(-1)", "Scroll back"),
                 Binding("pagedown", "app.scroll(1)", show=False)]
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, on_line: Callable[[str], None], on_paste: Callable[[list[str]], None],
+                 keys: dict[str, Callable[[], None]], **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.on_line, self.on_paste = on_line, on_paste
+        self.keys = {"enter": self._take_line, "up": self.action_older,
+                     "down": self.action_newer, **keys}
         self.history: list[str] = []
         self._back = 0  # how far back Up has gone; 0 is the line being typed
         self._draft = ""
+
+    async def _on_key(self, event: Key) -> None:
+        act = self.keys.get(event.key)
+        if act is not None:
+            event.stop()
+            event.prevent_default()  # neither Input's own handler nor any binding
+            act()
+
+    def _take_line(self) -> None:
+        value, self.value = self.value, ""
+        self.remember(value)
+        self.on_line(value)
+
+    def _on_paste(self, event: Paste) -> None:
+        event.stop()
+        event.prevent_default()
+        text = event.text.replace("\r\n", "\n").replace("\r", "\n")
+        text = text[:-1] if text.endswith("\n") else text  # one line and its newline
+        if "\n" not in text:
+            if self.selection.is_empty:
+                self.insert_text_at_cursor(text)
+            else:
+                self.replace(text, *self.selection)
+            return
+        # What was typed around the cursor joins the first and last lines of the paste.
+        at = self.cursor_position
+        lines = (self.value[:at] + text + self.value[at:]).split("\n")
+        self.value = ""
+        self.on_paste(lines)
 
     def remember(self, line: str) -> None:
         if line and (not self.history or self.history[-1] != line):
@@ -137,23 +326,63 @@ class ChatInput(Input):
         self.cursor_position = len(self.value)
 
 
+class PasteConfirm(ModalScreen[bool]):
+    """"Send 200 pasted lines to lounge?", asked before a paste of many lines goes out."""
+
+    DEFAULT_CSS = """
+    PasteConfirm { align: center middle; }
+    PasteConfirm > Static { width: 90%; max-width: 72; height: auto;
+                            border: round $warning; padding: 0 1; }
+    """
+    BINDINGS = [Binding("y,enter", "answer(True)", "Send"),
+                Binding("n,escape", "answer(False)", "Cancel")]
+
+    def __init__(self, count: int, where: str) -> None:
+        super().__init__()
+        self.question = Text(f"Send {count} pasted lines to ")
+        self.question.append(clean(where), style="bold")
+        self.question.append(", one message each?\n")
+        self.question.append("y", style="bold")
+        self.question.append(" / Enter: send    ")
+        self.question.append("n", style="bold")
+        self.question.append(" / Esc: cancel")
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.question, id="question")
+
+    def action_answer(self, send: bool) -> None:
+        self.dismiss(send)
+
+
 class ChatApp(App[int]):
     TITLE = "zchat"
-    ENABLE_COMMAND_PALETTE = False  # its Ctrl+P is the previous room here
+    ENABLE_COMMAND_PALETTE = False  # its Ctrl+P is the previous window here
+    # Side panes narrow, then fold away, as the terminal does: below 80 columns the
+    # members go (the window's title says where you are), below 50 the window list too
+    # (the status line numbers the windows with something new).
+    HORIZONTAL_BREAKPOINTS = [(0, "-tiny"), (50, "-narrow"), (80, "-normal"),
+                              (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (16, "-tall")]
     CSS = """
     #status { height: 1; width: 100%; background: $panel; }
     #main { height: 1fr; }
-    SideList { width: 24; height: 100%; border: round $primary-darken-2; }
+    SideList { width: 16; height: 100%; border: round $primary-darken-2; }
     SideList > .option-list--option-highlighted { text-style: bold; }
-    #panes { width: 1fr; }
-    RichLog { border: round $primary; padding: 0 1; overflow-y: auto;
+    Screen.-wide SideList { width: 24; }
+    Screen.-narrow #windows { width: 14; }
+    Screen.-narrow #members, Screen.-tiny SideList { display: none; }
+    Screen.-short Footer { display: none; }
+    #middle { width: 1fr; }
+    #panes { height: 1fr; }
+    ChatLog { height: 100%; border: round $primary; padding: 0 1;
               scrollbar-size-vertical: 1; }
+    #pending { height: auto; padding: 0 1; display: none; }
     ChatInput { dock: bottom; }
     """
     BINDINGS = [
-        Binding("ctrl+n", "switch(1)", "Next room"),
-        Binding("ctrl+p", "switch(-1)", "Previous room"),
-        *[Binding(f"alt+{n}", f"goto({n})", show=False) for n in range(1, 10)],
+        Binding("ctrl+n", "switch(1)", "Next window"),
+        Binding("ctrl+p", "switch(-1)", "Previous window"),
+        *[Binding(f"alt+{n % 10}", f"goto({n})", show=False) for n in range(1, 11)],
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -163,44 +392,59 @@ class ChatApp(App[int]):
         self.server = server
         self.state = ChatState(conn.rooms)
         self.status = status_of(self.conn, self.state)
-        self.panes: dict[str | None, RichLog] = {}  # None: the lobby, before any room
-        self._pane_ids = itertools.count(1)
-        self._quiet_joins: set[str] = set()  # switches by key or click: no confirmation
+        self.windows = Windows()
+        self.outbox = Outbox()
+        self.logs: dict[Window, ChatLog] = {}
+        self._log_ids = itertools.count(1)
+        self._quiet_joins: list[str] = []  # switches by key or click: no confirmation
         self._read_fd, self._write_fd = os.pipe()
         self._thread: threading.Thread | None = None
         self._quitting = False
         self._tab: tuple[str, int, list[str], int] | None = None  # (value made, start, ...)
-        self._shown_rooms: list[Any] = []
-        self._shown_members: list[Any] = []
+        self._shown_windows: list[Any] = []
+        self._shown_members: list[str] = []
 
     # -- layout -----------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
         with Horizontal(id="main"):
-            yield SideList(id="rooms")
-            with ContentSwitcher(id="panes", initial="pane-lobby"):
-                yield self._new_pane(None)
+            yield SideList(id="windows")
+            with Vertical(id="middle"):
+                with ContentSwitcher(id="panes", initial="log-0"):
+                    yield self._new_log(self.windows.server)
+                yield Static(id="pending")
             yield SideList(id="members")
-        yield ChatInput(id="input", placeholder="Type a message or a command; /help lists "
-                                                "them, Tab completes")
+        keys = {"tab": self.action_complete, "ctrl+n": lambda: self.action_switch(1),
+                "ctrl+p": lambda: self.action_switch(-1),
+                **{f"alt+{n % 10}": partial(self.action_goto, n) for n in range(1, 11)}}
+        yield ChatInput(self.type_line, self.paste_lines, keys, id="input",
+                        placeholder="Type a message or a command; /help lists them, "
+                                    "Tab completes")
         yield Footer()
 
-    def _new_pane(self, room: str | None) -> RichLog:
-        log = RichLog(id="pane-lobby" if room is None else f"pane-{next(self._pane_ids)}",
-                      wrap=True, markup=False, highlight=False, max_lines=SCROLLBACK)
-        log.border_title = clean(room) if room is not None else "lobby"
-        self.panes[room] = log
+    def _new_log(self, window: Window) -> ChatLog:
+        log = ChatLog(window, id="log-0" if window is self.windows.server
+                      else f"log-{next(self._log_ids)}")
+        self.logs[window] = log
         return log
 
+    def log_of(self, window: Window) -> ChatLog:
+        """The window's pane, made and mounted the first time it is needed."""
+        if window not in self.logs:
+            log = self._new_log(window)
+            log.display = False  # until the switcher shows it
+            self.query_one("#panes", ContentSwitcher).mount(log)
+        return self.logs[window]
+
     def on_mount(self) -> None:
-        self.query_one("#rooms", SideList).border_title = "Rooms"
-        self.query_one("#members", SideList).border_title = "Members"
-        self.panes[None].write(Text(f"Connected to {clean(self.server)}. Type /help for "
-                                    "commands; Ctrl+N/Ctrl+P or Alt+1..9 switch rooms."))
+        self.query_one("#windows", SideList).border_title = "Windows"
+        self.note(f"Connected to {clean(self.server)}. Type /help for commands. Windows: "
+                  "Ctrl+N/Ctrl+P, Alt+1..9 or /window N; /query NAME talks to NAME "
+                  "in a window of its own.", self.windows.server)
         self.query_one(ChatInput).focus()
-        self._refresh_sides()
-        self.set_interval(1.0, self._refresh_sides)  # the lag moves without events
+        self._refresh()
+        self.set_interval(1.0, self._refresh)  # the lag moves without events
         self._thread = threading.Thread(target=self._network, name="zchat-network",
                                         daemon=True)
         self._thread.start()
@@ -222,7 +466,7 @@ class ChatApp(App[int]):
         self.post_message(Incoming(event, status_of(self.conn, self.state)))
 
     def send_line(self, line: str) -> None:
-        """Hand a typed line to the Runner, exactly as the line mode does."""
+        """Hand a line to the Runner, exactly as the line mode does."""
         if self._write_fd >= 0:
             os.write(self._write_fd, line.replace("\n", " ").encode() + b"\n")
 
@@ -242,69 +486,167 @@ class ChatApp(App[int]):
     def on_incoming(self, message: Incoming) -> None:
         event, status = message.event, message.status
         self.status = status
-        for room in status.rooms:
-            if room not in self.panes:
-                self.query_one("#panes", ContentSwitcher).mount(self._new_pane(room))
-        d = event.data
-        room = d.get("room") if d.get("room") in status.rooms else None
-        quiet = False
-        if event.kind == "reply" and d.get("cmd") in ("join", "create") and room:
-            # A switch by key or click: the room on show says it, no need for a line.
-            quiet = d.get("cmd") == "join" and room in self._quiet_joins
-            self._quiet_joins.discard(room)
+        me, d = status.name, event.data
+        quiet = entered = False
+        if event.kind == "reply" and d.get("cmd") in ("join", "create") and d.get("room"):
+            quiet = d["cmd"] == "join" and d["room"] in self._quiet_joins
+            if quiet:
+                self._quiet_joins.remove(d["room"])
+            entered = not quiet
         elif event.kind == "error" and d.get("cmd") == "join":
             self._quiet_joins.clear()
-        entered = event.kind == "reply" and d.get("cmd") in ("join", "create")
-        pane = room if room and (event.kind in ROOM_EVENTS or entered) else status.current
-        log = self.panes.get(pane, self.panes[None])
-        if not quiet:
-            for line in styled(event, status.name, room_shown=pane):
-                log.write(to_rich(line))
-        for gone in [r for r in self.panes if r is not None and r not in status.rooms]:
-            self.panes.pop(gone).remove()
-        self._show_pane(status.current)
-        self._refresh_sides()
+        self.outbox.settle(event)
+        for window, shown in self.windows.route(event, me, status.current):
+            lines = [] if quiet else styled(
+                shown, me, room_shown=window.name if window.kind == ROOM else None)
+            mention = highlighted(shown, me)
+            log = self.log_of(window)
+            for line in lines:
+                log.add(to_rich(line, HIGHLIGHT_LINE if mention else ""))
+            self.windows.added(window, len(lines), shown, me)
+            if mention and lines and window is not self.windows.current:
+                self.notify(f"{window.title}: {''.join(t for _, t in lines[0][1:])}",
+                            title="Private message" if window.kind == QUERY
+                            else "You were mentioned", markup=False, timeout=5)
+        if entered:
+            self.show_window(self.windows.open(ROOM, d["room"]), join=False)
+        for gone in self.windows.sync_rooms(status.rooms, status.current):
+            self.logs.pop(gone).remove()
+        self._refresh()
 
     def on_finished(self, message: Finished) -> None:
         self.exit(message.code)
 
-    def _show_pane(self, room: str | None) -> None:
-        switcher = self.query_one("#panes", ContentSwitcher)
-        log = self.panes.get(room, self.panes[None])
-        if switcher.current != log.id:
-            switcher.current = log.id
+    def note(self, text: str, window: Window | None = None) -> None:
+        """A line of our own (a hint, a usage) in a window, the current one by default."""
+        window = window or self.windows.current
+        event = Event("info", {"text": text})
+        for line in styled(event):
+            self.log_of(window).add(to_rich(line))
+        self.windows.added(window, 1, event, None)
+
+    # -- windows ----------------------------------------------------------------------------
+
+    def show_window(self, window: Window, join: bool = True) -> None:
+        """Put a window on show; a room's becomes the library's current room too (a
+        quiet ``/join``), unless it already is and no other switch is on its way."""
+        left = self.windows.current
+        self.windows.show(window)
+        if left is not window and left in self.logs:
+            self.logs[left].set_seen(left.seen)  # the old rule goes; a new one may come
+        if join and window.kind == ROOM and (window.name != self.status.current
+                                             or self._quiet_joins):
+            self._quiet_joins.append(window.name)
+            self.send_line(f"/join {window.name}")
+        self._refresh()
+
+    def action_switch(self, step: int) -> None:
+        self.show_window(self.windows.step(step))
+
+    def action_goto(self, number: int) -> None:
+        window = self.windows.at(number)
+        if window is not None:
+            self.show_window(window)
+
+    def action_scroll(self, pages: int) -> None:
+        log = self.logs[self.windows.current]
+        (log.scroll_page_down if pages > 0 else log.scroll_page_up)(animate=False)
+
+    def _ui(self, action: str, arg: Any) -> None:
+        """``/window N`` and ``/query [NAME]``, carried out here."""
+        if action == "window":
+            window = self.windows.at(arg) if isinstance(arg, int) else None
+            if window is None:
+                self.note(f"No such window: there are {len(self.windows.all)} "
+                          "(/window N switches to window N)")
+            else:
+                self.show_window(window)
+        elif arg:
+            names = str(arg).split(",")
+            if not all(P.is_nickname(n) for n in names):
+                self.note(f"Bad nickname: {clean(arg)}")
+            else:
+                self.show_window(self.windows.open(QUERY, conversation(names,
+                                                                       self.status.name)))
+        elif self.windows.current.kind == QUERY:  # /query alone closes the conversation
+            gone = self.windows.current
+            self.windows.close(gone)
+            self.logs.pop(gone).remove()
+            self._refresh()
+        else:
+            self.note("Usage: /query NAME opens a conversation with NAME; /query alone, "
+                      "in a conversation window, closes it")
 
     # -- side lists and status --------------------------------------------------------------
 
-    def _refresh_status(self) -> None:
+    def _refresh(self) -> None:
         self.status = status_of(self.conn, self.state)
-        self.query_one("#status", Static).update(to_rich(status_fragments(self.status)))
+        windows, current = self.windows, self.windows.current
+        self.query_one("#status", Static).update(self._status_line())
+        entries = [(n, w.title, w.kind, w.unread, w.activity)
+                   for n, w in enumerate(windows.all, 1)]
+        listing = self.query_one("#windows", SideList)
+        if entries != self._shown_windows:
+            self._shown_windows = entries
+            listing.set_options(Option(to_rich(window_label(n, w)))
+                                for n, w in enumerate(windows.all, 1))
+        listing.highlighted = windows.all.index(current)
+        switcher = self.query_one("#panes", ContentSwitcher)
+        log = self.log_of(current)
+        if switcher.current != log.id:
+            switcher.current = log.id
+        title = f"{windows.number(current)} {clean(current.title)}"
+        log.border_title = plain_content(title + (" (private)" if current.kind == QUERY
+                                                  else ""))
+        self._refresh_members(current)
+        self._refresh_pending(current)
 
-    def _refresh_sides(self) -> None:
-        self._refresh_status()
-        s = self.status
-        rooms = self.query_one("#rooms", SideList)
-        entries = [(i, r, s.unread.get(r, 0), r == s.current) for i, r in enumerate(s.rooms, 1)]
-        if entries != self._shown_rooms:
-            self._shown_rooms = entries
-            rooms.set_options(Option(self._room_label(*e), id=f"room-{e[0]}") for e in entries)
-            current = [e[3] for e in entries]
-            rooms.highlighted = current.index(True) if True in current else None
+    def _refresh_members(self, window: Window) -> None:
+        me = self.status.name
+        names = (self.state.members_of(window.name) if window.kind == ROOM else
+                 sorted({*window.people, me} - {None}, key=str.lower)
+                 if window.kind == QUERY else [])
         members = self.query_one("#members", SideList)
-        names = self.state.members_of(s.current)
         if names != self._shown_members:
             self._shown_members = names
-            members.set_options(Option(self._member_label(n, s.name)) for n in names)
+            members.set_options(Option(self._member_label(n, me)) for n in names)
             members.highlighted = None  # a highlight would hide the names' colours
-        members.border_title = f"Members ({len(names)})" if s.current else "Members"
+        members.border_title = f"Members ({len(names)})" if names else "Members"
 
-    @staticmethod
-    def _room_label(index: int, room: str, unread: int, current: bool) -> Text:
-        label = Text(f"{index} " if index < 10 else "  ", style="dim")
-        label.append(clean(room), style="bold" if current else "")
-        if unread:
-            label.append(f" ({unread})", style=RICH_STYLE["unread"])
-        return label
+    def _refresh_pending(self, window: Window) -> None:
+        waiting = self.outbox.of(window)
+        box = self.query_one("#pending", Static)
+        box.display = bool(waiting)
+        if not waiting:
+            return
+        shown = Text()
+        for pending in waiting[:PENDING_SHOWN]:
+            shown.append(f"⧗ {clean(self.status.name or '')}: ", style=RICH_STYLE["pending"])
+            shown.append(clean(pending.text) + "\n", style=RICH_STYLE["pending"])
+        more = len(waiting) - PENDING_SHOWN
+        shown.append(f"⧗ {more} more waiting to be sent" if more > 0 else
+                     "⧗ waiting to be sent", style="dim")
+        box.update(shown)
+
+    def _status_line(self) -> Text:
+        """`` alice │ 2:lounge │ act: 3,4 │ connected · lag 2 ms │ 5 queued ``"""
+        s, windows = self.status, self.windows
+        current = windows.current
+        out: Line = [("", " "), ("name", clean(s.name) if s.name else "(no nickname)"),
+                     ("sep", " │ "), ("dim", f"{windows.number(current)}:"),
+                     ("private" if current.kind == QUERY else "room", clean(current.title))]
+        act = activity_list(windows)
+        if act:
+            out += [("sep", " │ "), *act]
+        link = {"connected": "good", "reconnecting": "warn", "lost": "bad"}[s.link]
+        out += [("sep", " │ "), (link, s.link)]
+        if s.lag is not None and s.link == "connected":
+            out += [("", " · "), ("lag", f"lag {format_lag(s.lag)}")]
+        queued = getattr(self.conn, "queued", None)  # the library's pacing, when it has it
+        queued = queued() if callable(queued) else queued
+        if isinstance(queued, int) and queued:
+            out += [("sep", " │ "), ("warn", f"{queued} queued")]
+        return to_rich(out)
 
     @staticmethod
     def _member_label(name: str, me: str | None) -> Text:
@@ -313,44 +655,56 @@ class ChatApp(App[int]):
 
     # -- what the person does ---------------------------------------------------------------
 
-    @on(Input.Submitted, "#input")
-    def _submitted(self, message: Input.Submitted) -> None:
-        box = self.query_one(ChatInput)
-        box.remember(message.value)
-        box.value = ""
+    def type_line(self, line: str, pasted: bool = False) -> None:
+        """A line typed (or pasted) in the window on show."""
         self._tab = None
-        self.send_line(message.value)
+        window = self.windows.current
+        out = outgoing(line, window, pasted)
+        if out is None:
+            if line.strip():
+                self.note("Nothing is said in the lobby window: switch to a room "
+                          "(Ctrl+N, /window N) or talk to someone with /query NAME")
+            return
+        if command := ui_command(out, self.status.current):
+            self._ui(*command)
+            return
+        room = window.name if window.kind == ROOM else self.status.current
+        if self.outbox.sent(window, out, room):
+            self._refresh_pending(window)
+        self.send_line(out)
 
-    @on(OptionList.OptionSelected, "#rooms")
-    def _room_clicked(self, message: OptionList.OptionSelected) -> None:
-        self.switch_to(self._shown_rooms[message.option_index][1])
+    def paste_lines(self, pasted: list[str]) -> None:
+        """A paste of several lines: one message each, in the window on show; above a
+        few lines, once the person said yes."""
+        lines = [line for line in pasted if line.strip()]
+        window = self.windows.current
+
+        def send(confirmed: bool | None) -> None:
+            if not confirmed:
+                self.note(f"Paste of {len(lines)} lines not sent", window)
+                return
+            if window in self.windows.all and window is self.windows.current:
+                for line in lines:
+                    self.type_line(line, pasted=True)
+
+        if len(lines) > PASTE_ASK_ABOVE:
+            self.push_screen(PasteConfirm(len(lines), window.title), send)
+        else:
+            send(True)
+
+    @on(OptionList.OptionSelected, "#windows")
+    def _window_clicked(self, message: OptionList.OptionSelected) -> None:
+        window = self.windows.at(message.option_index + 1)
+        if window is not None:
+            self.show_window(window)
         self.query_one(ChatInput).focus()
 
     @on(OptionList.OptionSelected, "#members")
     def _member_clicked(self, message: OptionList.OptionSelected) -> None:
-        box = self.query_one(ChatInput)
-        box.value = f"/msg {self._shown_members[message.option_index]} "
-        box.cursor_position = len(box.value)
-        box.focus()
-
-    def switch_to(self, room: str) -> None:
-        if room != self.status.current and room in self.status.rooms:
-            self._quiet_joins.add(room)
-            self.send_line(f"/join {room}")
-
-    def action_switch(self, step: int) -> None:
-        rooms = self.status.rooms
-        if rooms:
-            at = rooms.index(self.status.current) if self.status.current in rooms else -step
-            self.switch_to(rooms[(at + step) % len(rooms)])
-
-    def action_goto(self, number: int) -> None:
-        if 0 < number <= len(self.status.rooms):
-            self.switch_to(self.status.rooms[number - 1])
-
-    def action_scroll(self, pages: int) -> None:
-        log = self.panes.get(self.status.current, self.panes[None])
-        (log.scroll_page_down if pages > 0 else log.scroll_page_up)(animate=False)
+        name = self._shown_members[message.option_index]
+        if name != self.status.name:
+            self._ui("query", name)
+        self.query_one(ChatInput).focus()
 
     def action_complete(self) -> None:
         """Tab: the first candidate; Tab again (nothing typed since) the next one."""
@@ -368,7 +722,8 @@ class ChatApp(App[int]):
                 self.bell()
                 return
             if len(candidates) > 1:
-                self.notify("  ".join(c.display for c in candidates), timeout=4)
+                self.notify("  ".join(c.display for c in candidates), timeout=4,
+                            markup=False)
             found, index, rest = [c.text for c in candidates], 0, value[cursor:]
         box.value = value[:start] + found[index] + rest
         box.cursor_position = start + len(found[index])

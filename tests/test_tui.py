@@ -7,12 +7,16 @@ The app runs headless in the test's event loop with a real ``Connection`` and ``
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from rich.console import Console
+from textual import events
+from textual.keys import _character_to_key
 
 from client.connection import Connection
 from client.tui import ChatApp, ChatInput, SideList
@@ -24,14 +28,15 @@ pytestmark = pytest.mark.timeout(30)
 
 
 @asynccontextmanager
-async def chat_app(broker: Broker, name: str = "alice") -> AsyncIterator[tuple[ChatApp, object]]:
+async def chat_app(broker: Broker, name: str = "alice", size: tuple[int, int] = (120, 30)
+                   ) -> AsyncIterator[tuple[ChatApp, object]]:
     key = keys.load(Path(broker.keys_dir or "") / "broker.key").public
     conn = Connection(broker.router, server_key=key)
     conn.hello(timeout=5)
     conn.request("login", name=name)
     app = ChatApp(conn, broker.router)
     try:
-        async with app.run_test(size=(120, 30)) as pilot:
+        async with app.run_test(size=size, notifications=True) as pilot:  # toasts drawn
             yield app, pilot
     finally:
         app.stop_network()
@@ -51,10 +56,39 @@ async def type_line(pilot, text: str) -> None:
     await pilot.press(*text, "enter")
 
 
-def pane_text(app: ChatApp) -> list[str]:
-    """The lines of the message pane on show."""
-    log = app.panes.get(app.status.current, app.panes[None])
+def pane_text(app: ChatApp, window=None) -> list[str]:
+    """The lines of the message pane on show (or of ``window``'s), as wrapped."""
+    log = app.logs[window or app.windows.current]
     return [strip.text.rstrip() for strip in log.lines]
+
+
+def screen_text(app: ChatApp) -> list[str]:
+    """The screen as a person sees it, line by line (what ``export_screenshot`` draws,
+    modal screens and toasts included, as plain text)."""
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), record=True,
+                      force_terminal=True, color_system="truecolor", legacy_windows=False,
+                      safe_box=False)
+    console.print(app.screen._compositor.render_update(
+        full=True, screen_stack=app._background_screens))
+    return console.export_text().splitlines()
+
+
+def on_screen(app: ChatApp, text: str) -> bool:
+    return any(text in line for line in screen_text(app))
+
+
+def burst(app: ChatApp, text: str) -> None:
+    """Keys as a terminal delivers a fast typist or an unbracketed paste: all at once,
+    each posted by the driver without waiting for the app to handle the one before."""
+    for ch in text:
+        key = "enter" if ch == "\n" else ch if ch.isalnum() else _character_to_key(ch)
+        app._driver.send_message(events.Key(key, "\r" if ch == "\n" else ch))
+
+
+def paste(app: ChatApp, text: str) -> None:
+    """A bracketed paste, as the driver posts it."""
+    app._driver.send_message(events.Paste(text))
 
 
 def side(app: ChatApp, which: str) -> list[str]:
@@ -83,7 +117,7 @@ def test_messages_and_members_of_a_room_show_live(broker, clients):
             await type_line(pilot, "/join lounge")
             await until(pilot, lambda: side(app, "members") == ["alice", "bob"],
                         "the members list shows alice and bob")
-            assert side(app, "rooms") == ["1 lounge"]
+            assert side(app, "windows") == ["1 lobby", "2 lounge"]
 
             bob.send("hi alice")
             await until(pilot, lambda: any(ln.endswith("] bob: hi alice")
@@ -116,23 +150,27 @@ def test_rooms_switch_by_keyboard_and_count_unread(broker, clients):
             await type_line(pilot, "/join dev")
             await until(pilot, lambda: app.status.current == "dev", "in dev")
             bob.send("/join lounge", "psst", "over here")
-            await until(pilot, lambda: side(app, "rooms") == ["1 lounge (2)", "2 dev"],
+            await until(pilot, lambda: side(app, "windows") == ["1 lobby", "2 lounge (2)",
+                                                                "3 dev"],
                         "two unread in lounge")
             assert not any("psst" in ln for ln in pane_text(app))  # dev on show
 
             await pilot.press("ctrl+p")
             await until(pilot, lambda: app.status.current == "lounge", "switched to lounge")
-            await until(pilot, lambda: side(app, "rooms") == ["1 lounge", "2 dev"],
-                        "read now")
+            await until(pilot, lambda: side(app, "windows") == ["1 lobby", "2 lounge",
+                                                                "3 dev"], "read now")
             assert any(ln.endswith("] bob: over here") for ln in pane_text(app))
             assert not any("Joined lounge" in ln for ln in pane_text(app)[-3:])  # quietly
             assert side(app, "members") == ["alice", "bob"]
 
-            await pilot.press("alt+2")
-            await until(pilot, lambda: app.status.current == "dev", "Alt+2: dev")
+            await pilot.press("alt+3")
+            await until(pilot, lambda: app.status.current == "dev", "Alt+3: dev")
+            await pilot.press("ctrl+n")  # wraps around to the lobby
+            assert app.windows.current is app.windows.server
+            assert side(app, "members") == []
             await pilot.press("ctrl+n")
-            await until(pilot, lambda: app.status.current == "lounge", "Ctrl+N wraps around")
-            await pilot.click("#rooms", offset=(4, 2))  # the second row: dev
+            await until(pilot, lambda: app.status.current == "lounge", "Ctrl+N: lounge")
+            await pilot.click("#windows", offset=(4, 3))  # the third row: dev
             await until(pilot, lambda: app.status.current == "dev", "a click on dev")
             await pilot.press("ctrl+p")
             await until(pilot, lambda: app.status.current == "lounge", "back to lounge")
@@ -166,7 +204,7 @@ def test_tab_completes_up_recalls_and_page_up_scrolls_back(broker, clients):
 
             await type_line(pilot, "/help")
             await type_line(pilot, "/help")
-            log = app.panes["lounge"]
+            log = app.logs[app.windows.current]
             await until(pilot, lambda: sum("/quit" in ln for ln in pane_text(app)) == 2
                         and log.max_scroll_y > 0 and log.scroll_y == log.max_scroll_y,
                         "two pages of help, the last on show")
