@@ -1,11 +1,15 @@
 """The broker's ZeroMQ loop: receive, decode, ask the chat, commit, deliver.
 
-One thread, three sockets:
+One loop thread, three sockets:
 
 * ``router`` (ROUTER): client requests in; replies, private messages and notices out.
 * ``publisher`` (XPUB, manual): room events out; subscriptions in, each granted only if
-  it names a live room topic (see ``_drain_subscriptions`` for the one trap).
+  it names a live room topic. It lives in a thread of its own (``publisher.py``), since
+  libzmq's cost of a subscriber leaving must never stall this loop.
 * ``control`` (ROUTER, answering the admin tool's REQ): operator commands.
+
+Beside them, the guard (``guard.py``) knows the TCP connection behind each message and
+cuts those that would pin memory or descriptors before anything reaches this loop.
 
 Each turn drains what is ready, commits the store once, then sends: one frame per room
 and one per client (an array of that turn's messages), since CURVE, TCP and waking a
@@ -29,14 +33,12 @@ from schema import protocol as P
 from .auth import CHAT, CONTROL, ZAP_ENDPOINT, answer
 from .chat import Chat, Delivery, Publish
 from .guard import Connections, raise_fd_limit
+from .publisher import Publisher
 from .store import StoreError
 
 log = logging.getLogger("zchat.broker")
 
 BATCH = 512  # messages taken from one socket per turn, so no socket starves the others
-# Subscription traffic is cheap to read, and grants wait for its queue to be seen empty
-# (see _drain_subscriptions): read far more of it per turn, so junk cannot hold them up.
-SUBSCRIPTION_BATCH = 16 * BATCH
 FRAME_MESSAGES = 100  # messages in one frame at most...
 FRAME_BYTES = 128 << 10  # ...and bytes, unless it is a single message (a history page)
 # Frames queued for one peer that is not reading. What a subscriber misses it catches up
@@ -47,11 +49,6 @@ ROUTER_QUEUE, PUBLISHER_QUEUE = 1000, 1000
 _MORE, _NOW = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 _SRCFD = int(zmq.SRCFD)
 EXPIRY_CHECK = 0.5  # seconds between scans for silent clients (and looks at the store)
-# Subscriptions a connection may have refused and not withdrawn: an honest client has one
-# or two at most (a rekey racing its subscription). libzmq keeps each refused topic until
-# the connection goes, and pays for all of them whenever any subscriber leaves (a walk of
-# its whole subscription trie): past this the connection is cut.
-REFUSED_SUBSCRIPTIONS_MAX = 4
 MANY_FRAMES = 16  # a request of more frames is no client's mistake but an attack
 # The loop away longer than this (the process stopped, or one long turn) is the broker's
 # own silence: clients' silence during it is pardoned.
@@ -101,11 +98,12 @@ class Broker:
         _tune(self.control, P.CONTROL_FRAME_MAX, CONTROL, secret_key)
         # The connections behind the sockets, which libzmq hides: watched from before the
         # first one arrives, so that any can be cut (see guard.py).
-        self.conns = Connections(limit=raise_fd_limit())
+        limit = raise_fd_limit()
+        self.conns = Connections(limit=limit)
         self.conns.watch(self.router, "router")
-        self.conns.watch(self.publisher, "publisher")
         self._fd_of: dict[bytes, int] = {}  # routing id -> the connection it last came on
-        self._refused: dict[int, set[bytes]] = {}  # publisher fd -> topics refused to it
+        publisher_conns = Connections(limit=limit)  # the publisher thread's own
+        publisher_conns.watch(self.publisher, "publisher")
         self.router.bind(bind)
         self.publisher.bind(pub_bind)
         self.control.bind(control_bind)
@@ -115,15 +113,16 @@ class Broker:
                                ("control", self.control))
         }
         chat.pub_address = self.endpoints["pub"]
+        self.pub = Publisher(ctx, self.publisher, publisher_conns, chat.grants)
         self.stopping = False
-        self._suspect = False  # a non-subscription was read from the publisher: see below
 
     # -- the loop -------------------------------------------------------------------------
 
     def serve(self) -> None:
         poller = zmq.Poller()
-        for sock in (self.zap, self.router, self.publisher, self.control, *self.conns.monitors):
+        for sock in (self.zap, self.router, self.control, *self.conns.monitors):
             poller.register(sock, zmq.POLLIN)
+        self.pub.start()
         now = time.monotonic()
         next_tick, next_expiry = now + P.ROOM_TICK_INTERVAL, now + EXPIRY_CHECK
         log.info("zchat broker ready: router=%s pub=%s control=%s", self.endpoints["router"],
@@ -151,11 +150,12 @@ class Broker:
                 out += self._drain_requests()
             if self.control in ready:
                 control_replies = self._drain_control(out)
-            if self.publisher in ready:
-                self._drain_subscriptions()
             now = time.monotonic()
             if now >= next_expiry:
                 self._unavailable()  # a stall of this turn must not count against anyone
+                if not self.pub.is_alive():
+                    log.critical("The publisher thread is gone: stopping")
+                    self.stopping = True
                 self.chat.store.check()
                 out += self.chat.expire()
                 self._forget_gone()
@@ -173,8 +173,7 @@ class Broker:
         self._farewell()
 
     def _forget_gone(self) -> None:
-        """What was kept about connections and peers that are gone (a number is reused)."""
-        self._refused = {fd: t for fd, t in self._refused.items() if fd in self.conns}
+        """What was kept about peers that are gone."""
         if len(self._fd_of) > 2 * len(self.chat.sessions) + 1000:
             self._fd_of = {p: fd for p, fd in self._fd_of.items() if p in self.chat.sessions}
 
@@ -212,11 +211,16 @@ class Broker:
 
     # -- receiving ------------------------------------------------------------------------
 
+    def _crowded(self) -> bool:
+        """Descriptors run short (the publisher's connections count too)."""
+        c = self.conns
+        return len(c) + len(self.pub.conns) > c.limit - c.reserve
+
     def _answer_zap(self) -> None:
         for _ in range(BATCH):
             # Near the descriptor limit, chat peers wait and operators still get in.
             verdict = answer(self.zap, secure=self.secure, operators=self.operators,
-                             crowded=self.conns.crowded())
+                             crowded=self._crowded())
             if verdict is None:
                 return
             if not verdict.allowed:
@@ -283,54 +287,6 @@ class Broker:
             replies.append((envelope, reply))
         return replies
 
-    def _drain_subscriptions(self) -> None:
-        """Apply subscriptions to live room topics; refuse everything else.
-
-        XPUB_MANUAL applies a (un)subscribe to the pipe of the message read last. A peer
-        can send a message that is not a subscription; libzmq queues it without its pipe,
-        and a grant made after reading it could land on somebody else's pipe. So after
-        any such message nothing is granted (nor revoked) until the queue has been seen
-        empty, across turns if need be; the peers refused meanwhile subscribe again when
-        their room's ticks fail to arrive.
-        """
-        for _ in range(SUBSCRIPTION_BATCH):
-            try:
-                first = self.publisher.recv(_NOW, copy=False)
-            except zmq.Again:
-                self._suspect = False  # queue empty: the last-pipe bookkeeping holds again
-                return
-            try:  # libzmq's own unsubscriptions for a connection that went carry no fd
-                fd = first.get(_SRCFD)
-            except zmq.ZMQError:
-                fd = -1
-            else:
-                self.conns.seen(fd)
-            frame = first.bytes
-            if first.more or not frame or frame[0] not in (0, 1):
-                while self.publisher.get(zmq.RCVMORE):
-                    self.publisher.recv(_NOW)
-                self._suspect = True
-                self.conns.cut(fd, "junk on the publisher")  # nothing honest sends it
-                continue
-            topic = frame[1:]
-            if frame[0] == 0:
-                if fd >= 0:
-                    self._refused.get(fd, set()).discard(topic)
-                    if not self._suspect:
-                        self.publisher.setsockopt(zmq.UNSUBSCRIBE, topic)
-                continue
-            if self.chat.grants(topic):
-                if not self._suspect:  # else the member asks again when its room is quiet
-                    self.publisher.setsockopt(zmq.SUBSCRIBE, topic)
-                continue
-            # Refused: libzmq keeps it until the connection goes. A few are a race with a
-            # rekey; more are an attack.
-            refused = self._refused.setdefault(fd, set())
-            refused.add(topic)
-            if len(refused) > REFUSED_SUBSCRIPTIONS_MAX:
-                self.conns.cut(fd, "too many refused subscriptions")
-                del self._refused[fd]
-
     # -- sending --------------------------------------------------------------------------
 
     def _deliver(self, deliveries: Iterable[Delivery]) -> None:
@@ -349,9 +305,7 @@ class Broker:
             pending = []
             for topic, events in rooms.items():
                 for frame in _frames(events):
-                    self.publisher.send(topic, _MORE)
-                    self.publisher.send(frame, _NOW)
-                    self.chat.counters.frames_out += 1
+                    self.chat.counters.frames_out += self.pub.publish(topic, frame)
             for peer, messages in clients.items():
                 for frame in _frames(messages):
                     try:
@@ -373,8 +327,9 @@ class Broker:
         log.info("Shutting down")
         self._deliver(self.chat.shutdown("the broker is shutting down"))
         self.chat.store.close()
+        self.pub.stop()  # it closes the publisher socket
         self.conns.close()
-        for sock in (self.router, self.publisher, self.control, self.zap):
+        for sock in (self.router, self.control, self.zap):
             sock.close()
 
 

@@ -144,6 +144,52 @@ def test_requests_packed_with_tiny_items_cost_the_broker_little(broker, zctx):
     assert attacker.ask("ping")["ok"]
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_request_of_many_frames_is_refused_and_an_endless_one_is_cut(broker, zctx):
+    probe, sloppy, hostile = Bare(zctx, broker), Bare(zctx, broker), Bare(zctx, broker)
+    # A client's mistake (a REQ-style delimiter, say) is answered.
+    sloppy.dealer.send_multipart([b"", pack({"id": 9, "cmd": "ping"})])
+    assert sloppy.reply(None)["code"] == "malformed"
+    # Many frames are no mistake: the connection goes.
+    hostile.dealer.send_multipart([b""] * 1000 + [pack({"id": 9, "cmd": "ping"})])
+    broker.log.wait_for("a request of 1001 frames")
+    assert probe.ok("ping")
+
+
+@pytest.mark.broker_args("--insecure")  # a raw ZMTP peer by hand speaks NULL, not CURVE
+def test_a_message_whose_last_frame_never_comes_is_cut_before_it_costs(broker, zctx):
+    """libzmq holds every frame of a message until its last one, out of the broker's
+    sight (a real libzmq peer would not even send an unfinished message: this is a raw
+    ZMTP peer). The guard sees the bytes pile up on the connection and cuts it."""
+    from .test_guard import RawPeer, frame
+    probe = zctx.socket(zmq.DEALER)
+    probe.setsockopt(zmq.LINGER, 0)
+    probe.connect(broker.router)
+    probe.send(pack({"id": 1, "cmd": "hello", "version": P.PROTOCOL_VERSION}))
+    assert probe.poll(DEFAULT_WAIT * 1000)
+    hello = messages(probe.recv())
+    assert hello[0]["ok"], hello
+    before = rss_mib(broker.proc.pid)
+    attacker = RawPeer(broker.router)
+    chunk = frame(b"x" * 512, more=True) * 64
+    try:
+        for _ in range(10_000):  # 330 MB, if nothing stopped it
+            attacker.send(chunk)
+    except OSError:
+        pass  # cut
+    assert attacker.closed_by_server()
+    broker.log.wait_for("unfinished message")
+    assert rss_mib(broker.proc.pid) - before < 150, "the broker held the endless message"
+    probe.send(pack({"id": 2, "cmd": "hello", "version": P.PROTOCOL_VERSION}))
+    assert probe.poll(DEFAULT_WAIT * 1000) and messages(probe.recv())[0]["ok"]  # serving
+
+
 def test_garbage_is_charged_so_it_cannot_outrun_the_rate_limit(broker, zctx):
     attacker = Bare(zctx, broker)
     for _ in range(P.BURST_DEFAULT * 2):
@@ -196,6 +242,66 @@ def test_the_brokers_own_pause_ends_nobodys_session(broker, clients):
     alice.event("msg", **{"from": "bob", "text": "still here"}, timeout=10)
     assert not [line for line in broker.log.seen if "timed out" in line]
     assert admin_json(broker.control, "ls")["rooms"][0]["members"] == ["alice", "bob"]
+
+
+@pytest.mark.timeout(40)
+def test_subscribers_leaving_together_do_not_stall_the_loop(tmp_path, zctx):
+    """libzmq walks its whole subscription trie for each subscriber that leaves: 300
+    subscribers holding 900 distinct topics cost it seconds. That is the publisher
+    thread's time, never the loop's: requests go on being answered meanwhile. (The
+    broker's budget of refused topics is lifted here, to make that cost large: in
+    service it cuts such subscribers long before.)"""
+    import random
+    import threading
+
+    from broker.chat import Chat
+    from broker.server import Broker as Loop
+    from broker.store import SqliteStore
+    directory = tmp_path / "keys"
+    keys.ensure(directory)
+    loop = Loop(Chat(SqliteStore(":memory:"), rate=0), zctx, bind="tcp://127.0.0.1:*",
+                pub_bind="tcp://127.0.0.1:*", control_bind="tcp://127.0.0.1:*",
+                secret_key=keys.load(directory / "broker.key_secret").secret)
+    loop.pub.refused_budget = 1 << 30
+    serving = threading.Thread(target=loop.serve, daemon=True)
+    serving.start()
+    where = Broker(None, None, loop.endpoints["router"], loop.endpoints["pub"],  # type: ignore
+                   loop.endpoints["control"], "", ["--keys", str(directory)])
+    crowd_ctx = zmq.Context()
+    try:
+        alice = Bare(zctx, where)
+        alice.ok("login", name="alice")
+        topic = alice.ok("create", room="hall")["topic"]
+        rnd = random.Random(5)
+        server_key = keys.load(directory / "broker.key").public
+        subs = []
+        for _ in range(300):
+            sub = crowd_ctx.socket(zmq.XSUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            keys.curve_client(sub, server_key)
+            sub.connect(where.pub)
+            for _ in range(3):  # refused, but within what one connection may hold
+                sub.send(b"\x01" + rnd.randbytes(400))
+            sub.send(b"\x01" + topic)  # then a live topic: heard once all are processed
+            subs.append(sub)
+        waiting = set(range(len(subs)))
+        deadline = time.monotonic() + 20
+        while waiting:
+            assert time.monotonic() < deadline, f"{len(waiting)} subscribers never heard"
+            alice.ok("say", room="hall", text="roll call")
+            waiting = {k for k in waiting if not subs[k].poll(0)}
+        probe = Bare(zctx, where)
+        crowd_ctx.destroy(linger=0)  # every subscriber leaves at once
+        worst, end = 0.0, time.monotonic() + 3
+        while time.monotonic() < end:
+            sent = time.monotonic()
+            probe.ok("ping")
+            worst = max(worst, time.monotonic() - sent)
+        assert worst < 1.0, f"a ping waited {worst:.2f} s"
+    finally:
+        crowd_ctx.destroy(linger=0)
+        loop.stop()
+        serving.join(10)
 
 
 # --- Memory and bandwidth that one peer can claim ------------------------------------------

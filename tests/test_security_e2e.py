@@ -30,6 +30,7 @@ import zmq.utils.monitor
 
 from broker.chat import Chat
 from broker.cli import parse_args as broker_args
+from broker.publisher import Publisher
 from broker.server import Broker as BrokerLoop
 from broker.store import SqliteStore
 from schema import keys, messages, pack, unpack
@@ -628,22 +629,30 @@ def test_junk_frames_cannot_steer_a_members_grant_to_the_attacker(broker, zctx, 
     assert flood.received == [], f"the attacker read the room: {flood.received[:3]}"
 
 
-class UnguardedLoop(BrokerLoop):
-    """The broker loop without its guard against junk on the publisher."""
+class UnguardedPublisher(Publisher):
+    """The publisher thread without its guard against junk (nor its cuts)."""
 
     def _drain_subscriptions(self) -> None:
         for _ in range(512):
             try:
-                frames = self.publisher.recv_multipart(zmq.NOBLOCK)
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             frame = frames[0]
             if len(frames) != 1 or not frame or frame[0] not in (0, 1):
                 continue
-            if frame[0] == 1 and self.chat.grants(frame[1:]):
-                self.publisher.setsockopt(zmq.SUBSCRIBE, frame[1:])
+            if frame[0] == 1 and self.grants(frame[1:]):
+                self.sock.setsockopt(zmq.SUBSCRIBE, frame[1:])
             elif frame[0] == 0:
-                self.publisher.setsockopt(zmq.UNSUBSCRIBE, frame[1:])
+                self.sock.setsockopt(zmq.UNSUBSCRIBE, frame[1:])
+
+
+class UnguardedLoop(BrokerLoop):
+    """The broker loop with that publisher."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.pub.__class__ = UnguardedPublisher  # not started yet: serve() starts it
 
 
 @pytest.mark.timeout(30)
