@@ -57,6 +57,8 @@ class Budgets:
         self._trusted: OrderedDict[tuple[str, Source], None] = OrderedDict()
         self._registrations = Windows(P.REGISTRATIONS_PER_HOUR, 3600.0, clock)
         self._creations = Windows(P.ROOMS_CREATED_PER_HOUR, 3600.0, clock)
+        self._clock = clock
+        self._stored: OrderedDict[Source, list[float]] = OrderedDict()  # [tokens, when]
 
     # -- passwords ------------------------------------------------------------------------
 
@@ -108,3 +110,25 @@ class Budgets:
                                                 f"{P.ROOMS_CREATED_PER_HOUR} an hour")
         for source in sources:
             self._creations.note(source)
+
+    # -- disk -----------------------------------------------------------------------------
+
+    def store(self, sources: list[Source], characters: int) -> None:
+        """May this source store ``characters`` more of history? Counts them."""
+        now = self._clock()
+        buckets = []
+        for source in sources:
+            bucket = self._stored.pop(source, None) or [float(P.STORE_BURST), now]
+            bucket[0] = min(P.STORE_BURST, bucket[0] + (now - bucket[1]) * P.STORE_RATE)
+            bucket[1] = now
+            self._stored[source] = bucket
+            buckets.append(bucket)
+        while len(self._stored) > SOURCES_REMEMBERED:
+            self._stored.popitem(last=False)
+        if any(b[0] < characters for b in buckets):
+            raise ProtocolError("quota_exceeded",
+                                f"Storage quota: at most {P.STORE_RATE:g} characters of "
+                                f"history a second from here, after "
+                                f"{P.STORE_BURST:,} at once; try later")
+        for bucket in buckets:
+            bucket[0] -= characters

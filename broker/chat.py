@@ -120,6 +120,7 @@ class Room:
     topic: bytes = b""
     members: dict[str, Session] = field(default_factory=dict)  # nickname -> session
     names: Names = field(default_factory=Names)  # the members' nicknames, for paging
+    stored: int | None = None  # characters of history on disk, once learnt
 
 
 @dataclass
@@ -149,6 +150,7 @@ class Chat:
         delivery_rate: float = P.DELIVERY_RATE_DEFAULT,
         delivery_burst: float = P.DELIVERY_BURST_DEFAULT,
         room_lifetime: float = P.EMPTY_ROOM_LIFETIME,
+        room_quota: int = P.ROOM_HISTORY_MAX,
         route_check: Callable[[bytes, str], bool] | None = None,
         clock: Callable[[], float] = time.time,
         token: Callable[[], str] = lambda: secrets.token_hex(8),
@@ -164,6 +166,7 @@ class Chat:
         self.rate, self.burst = rate, burst
         self.delivery_rate, self.delivery_burst = delivery_rate, delivery_burst
         self.room_lifetime = room_lifetime
+        self.room_quota = room_quota
         self.route_check = route_check
         self.clock = clock
         self._token = token
@@ -578,6 +581,7 @@ class Chat:
         target = self._membership(session, room)
         self._writing()
         self._charge(session, len(text), len(target.members))
+        self._store_quota(session, target, len(text))
         fields: dict[str, Any] = {"from": session.name, "text": text}
         if me:
             fields["me"] = True
@@ -690,6 +694,17 @@ class Chat:
         if self.rate > 0:
             session.delivery.spend(self.clock(), self.delivery_rate, self.delivery_burst,
                                    sum(P.text_weight(e) for e in events))
+
+    def _store_quota(self, session: Session, room: Room, characters: int) -> None:
+        """Bound what one source and one room may put on disk, before the write."""
+        if room.stored is None:  # learnt once, on the room's first message since start
+            room.stored = self.store.room_size(room.name)
+        if room.stored + characters > self.room_quota:
+            raise ProtocolError("quota_exceeded", f"Room {room.name} is full: it keeps at "
+                                                  f"most {self.room_quota:,} characters")
+        if self.rate > 0:
+            self.budgets.store(_sources(session), characters)
+        room.stored += characters + P.text_weight({})
 
     def _writing(self) -> None:
         """Refuse a request that must write, while the store cannot take writes."""

@@ -23,7 +23,7 @@ import errno
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Set
+from collections.abc import Callable, Container, Iterable, Iterator, Set
 
 import zmq
 
@@ -45,6 +45,8 @@ FRAME_BYTES = 128 << 10  # ...and bytes, unless it is a single message (a histor
 # by seq, so its queue can be short; a client's replies and private messages cannot be
 # refetched, and a client whose queue is full is ended ("not reading").
 ROUTER_QUEUE, PUBLISHER_QUEUE = 1000, 1000
+PEER_QUEUE_BYTES = 8 << 20  # bytes queued for one client at most (see Queued)...
+ALL_QUEUES_BYTES = 512 << 20  # ...and for all of them
 # pyzmq's flag enums cost more to combine than the send itself: plain ints.
 _MORE, _NOW = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 _SRCFD = int(zmq.SRCFD)
@@ -102,6 +104,7 @@ class Broker:
         self.conns = Connections(limit=limit)
         self.conns.watch(self.router, "router")
         self._fd_of: dict[bytes, int] = {}  # routing id -> the connection it last came on
+        self._queued = Queued(self.conns.acked)
         publisher_conns = Connections(limit=limit)  # the publisher thread's own
         publisher_conns.watch(self.publisher, "publisher")
         self.router.bind(bind)
@@ -176,6 +179,7 @@ class Broker:
         """What was kept about peers that are gone."""
         if len(self._fd_of) > 2 * len(self.chat.sessions) + 1000:
             self._fd_of = {p: fd for p, fd in self._fd_of.items() if p in self.chat.sessions}
+        self._queued.keep(self.chat.sessions)
 
     def _unavailable(self, allowed: float = 0.0) -> None:
         """Pardon clients for the time since the last mark that the loop was away (past
@@ -312,13 +316,16 @@ class Broker:
                         self.router.send(peer, _MORE)
                         self.router.send(frame, _NOW)
                         self.chat.counters.frames_out += 1
+                        reason = self._queued.sent(peer, self._fd_of.get(peer, -1), len(frame))
                     except zmq.ZMQError as exc:
                         # EHOSTUNREACH: the peer is gone. EAGAIN: its queue is full because
                         # it stopped reading; waiting would stall every other client: end it.
                         reason = ("unreachable" if exc.errno == errno.EHOSTUNREACH
                                   else "not reading")
-                        if reason == "not reading":  # what is queued goes with it
+                    if reason is not None:
+                        if reason != "unreachable":  # what is queued goes with it
                             self.conns.cut(self._fd_of.get(peer, -1), reason)
+                        self._queued.forget(peer)
                         if peer in self.chat.sessions:
                             pending += self._commit(self.chat.gone(peer, reason), [])
                         break
@@ -348,3 +355,57 @@ def _packed(messages: list[dict]) -> Iterator[bytes]:
         half = len(messages) // 2
         yield from _packed(messages[:half])
         yield from _packed(messages[half:])
+
+
+class Queued:
+    """Bytes queued for each client, bounded in bytes and not only in frames.
+
+    libzmq counts a peer's queue in frames (SNDHWM), and a frame can be a history page
+    of a quarter of a megabyte. So the loop counts the bytes it hands each peer and, past
+    PEER_QUEUE_BYTES since it last looked, asks the kernel how much that peer has
+    acknowledged (TCP_INFO, a few µs: done only that rarely). What is neither
+    acknowledged nor older than that is still queued, in libzmq or the kernel; a peer
+    over the bound is not reading, and is ended and its connection cut, which frees it.
+    All peers together are bounded the same way by ALL_QUEUES_BYTES.
+    """
+
+    def __init__(self, acked: Callable[[int], int | None]):
+        self._acked = acked
+        self._peers: dict[bytes, list[int]] = {}  # peer -> [since base, acked at base, fd]
+        self._total = 0  # of the bytes since base: at least what is queued in all
+
+    def sent(self, peer: bytes, fd: int, size: int) -> str | None:
+        """Count a frame sent; the reason to end the peer, if it must go."""
+        track = self._peers.get(peer)
+        if track is None or track[2] != fd:  # a new connection: count from its start
+            self.forget(peer)
+            track = self._peers[peer] = [0, self._acked(fd) or 0, fd]
+        track[0] += size
+        self._total += size
+        if track[0] > PEER_QUEUE_BYTES and self._rebase(track) > PEER_QUEUE_BYTES:
+            return "not reading (its queue is full)"
+        if self._total > ALL_QUEUES_BYTES:
+            for other in self._peers.values():  # rare: look at what all really hold
+                self._rebase(other)
+            if self._total > ALL_QUEUES_BYTES and track[0] > PEER_QUEUE_BYTES // 4:
+                return "not reading (the broker's queues are full)"
+        return None
+
+    def _rebase(self, track: list[int]) -> int:
+        """What is still queued for this peer, as the kernel tells; it becomes the base."""
+        acked = self._acked(track[2])
+        if acked is None:  # not TCP (ipc): nothing to ask, trust libzmq's frame bound
+            acked = track[1] + track[0]
+        queued = max(0, track[0] - (acked - track[1]))
+        self._total -= track[0] - queued
+        track[0], track[1] = queued, acked
+        return queued
+
+    def forget(self, peer: bytes) -> None:
+        track = self._peers.pop(peer, None)
+        if track is not None:
+            self._total -= track[0]
+
+    def keep(self, peers: Container[bytes]) -> None:
+        for peer in [p for p in self._peers if p not in peers]:
+            self.forget(peer)

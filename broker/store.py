@@ -73,6 +73,7 @@ class Store(Protocol):
     def account(self, name: str) -> Account | None: ...
     def save_account(self, account: Account) -> None: ...
     def drop_account(self, name: str) -> None: ...
+    def room_size(self, room: str) -> int: ...  # bytes of its stored events
     def accounts_of(self, key: str) -> int: ...
     def commit(self) -> None: ...
     def close(self) -> None: ...
@@ -263,6 +264,12 @@ class SqliteStore:
 
     def drop_account(self, name: str) -> None:
         self._write("DELETE FROM accounts WHERE name = ?", (name,))
+
+    def room_size(self, room: str) -> int:
+        self._flush()
+        (size,) = self._db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM events "
+                                   "WHERE room = ?", (room,)).fetchone()
+        return size
 
     def accounts_of(self, key: str) -> int:
         (count,) = self._db.execute("SELECT COUNT(*) FROM accounts WHERE key = ?",

@@ -74,6 +74,11 @@ REGISTRATIONS_PER_KEY = 3  # nicknames one key may hold
 REGISTRATIONS_PER_HOUR = 10  # nicknames registered per key and per address
 ROOMS_CREATED_PER_HOUR = 120  # per key and per address
 EMPTY_ROOM_LIFETIME = 7 * 24 * 3600.0  # seconds a room may stay empty before it goes
+# Disk one source may fill: characters of history it stores, a burst then a steady rate
+# (a person typing fast all day stores a few megabytes), and characters one room keeps.
+STORE_BURST = 4_000_000
+STORE_RATE = 200.0  # characters a second: 17 million a day
+ROOM_HISTORY_MAX = 256 << 20  # characters of a room's stored history
 MEMBERS_SHOWN = 20  # members named per room in the operator's ls
 
 HEARTBEAT_INTERVAL = 1.0  # seconds between client pings
@@ -114,6 +119,7 @@ ERRORS: dict[str, str] = {
     "store_unavailable": "History cannot be written now",
     "too_many_registrations": "Too many registrations",
     "not_registered": "Nickname is not registered",
+    "quota_exceeded": "Storage quota exceeded",
 }
 
 

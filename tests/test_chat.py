@@ -1208,3 +1208,27 @@ def test_one_guesser_cannot_use_up_the_password_checks_of_others(make_chat, cloc
         P.PASSWORD_CHECKS_PER_MINUTE
     assert codes[-1] == "rate_limited"  # the guesser is slowed down...
     assert ok(chat, A, "login", name="alice", password="correct horse")  # ...not alice
+
+
+def test_a_room_keeps_at_most_its_quota_of_history(make_chat):
+    chat = make_chat(room_quota=1000)
+    connect(chat, A, "alice")
+    ok(chat, A, "create", room="lounge")
+    ok(chat, A, "say", room="lounge", text="x" * 600)
+    assert refused(chat, A, "say", room="lounge", text="y" * 600)["code"] == "quota_exceeded"
+    ok(chat, A, "say", room="lounge", text="short")  # what fits still goes in
+
+
+def test_one_source_cannot_fill_the_disk_however_many_sessions_it_opens(make_chat):
+    chat = make_chat(rate=P.RATE_DEFAULT)  # limits on, as in service
+    connect(chat, A, "alice")
+    ok(chat, A, "create", room="lounge")
+    stored, text = 0, "z" * P.TEXT_MAX
+    while stored + len(text) <= P.STORE_BURST:
+        ok(chat, A, "say", room="lounge", text=text)
+        stored += len(text)
+    assert refused(chat, A, "say", room="lounge", text=text)["code"] == "quota_exceeded"
+    ok(chat, A, "bye")
+    connect(chat, A, "alice")  # a new session from the same source: still spent
+    ok(chat, A, "join", room="lounge")
+    assert refused(chat, A, "say", room="lounge", text=text)["code"] == "quota_exceeded"

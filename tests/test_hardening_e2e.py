@@ -307,6 +307,31 @@ def test_subscribers_leaving_together_do_not_stall_the_loop(tmp_path, zctx):
 # --- Memory and bandwidth that one peer can claim ------------------------------------------
 
 
+@pytest.mark.broker_args("--rate", "0")  # only the queue's bound in bytes is at play
+def test_a_client_that_never_reads_is_bounded_in_bytes_and_cut(broker, zctx):
+    writer = Bare(zctx, broker)
+    writer.ok("login", name="writer")
+    writer.ok("create", room="big")
+    for _ in range(20):
+        writer.ok("say", room="big", text="x" * 65_000)
+    hog = zctx.socket(zmq.DEALER)  # asks for history pages and never reads a byte
+    hog.setsockopt(zmq.LINGER, 0)
+    hog.setsockopt(zmq.RCVHWM, 1)
+    hog.setsockopt(zmq.RCVBUF, 4096)
+    keys.curve_client(hog, keys.load(Path(broker.keys_dir) / "broker.key").public)
+    hog.connect(broker.router)
+    hog.send(pack({"id": 1, "cmd": "hello", "version": P.PROTOCOL_VERSION}))
+    hog.send(pack({"id": 2, "cmd": "login", "name": "hog"}))
+    hog.send(pack({"id": 3, "cmd": "join", "room": "big"}))
+    before = rss_mib(broker.proc.pid)
+    for i in range(600):  # a page of ~65 KB each: 39 MB if it were all queued
+        hog.send(pack({"id": 10 + i, "cmd": "history", "room": "big", "before": 22,
+                       "limit": 1}))  # the newest of the big messages
+    broker.log.wait_for("not reading (its queue is full)", timeout=15)
+    assert rss_mib(broker.proc.pid) - before < 60
+    assert writer.ok("say", room="big", text="the others are served")
+
+
 @pytest.mark.broker_args("--delivery-burst", "180000", "--delivery-rate", "60000")
 def test_a_request_is_charged_by_what_it_costs_to_deliver(broker, zctx):
     sender = Bare(zctx, broker)
