@@ -193,7 +193,8 @@ class Chat:
         # (peer, remembered-reply key, request id) of each request of this turn that wrote
         self._turn_writers: list[tuple[bytes, tuple[str, str, int] | None, int]] = []
         # The rate buckets of ended sessions, by routing id: a new hello does not refill.
-        self._spent: OrderedDict[bytes, Bucket] = OrderedDict()
+        # By key (or routing id, lacking one), both buckets: a new session refills neither.
+        self._spent: OrderedDict[object, tuple[Bucket, Bucket]] = OrderedDict()
         now = clock()
         for stored in store.rooms():
             room = Room(stored.name, stored.created, stored.creator, stored.last_seq)
@@ -297,7 +298,8 @@ class Chat:
         if session is None:
             if request.cmd != "hello":
                 raise ProtocolError("no_session")
-            if not self._within_rate(self._spent.get(peer)):
+            spent = self._spent.get(identity or peer)
+            if not self._within_rate(spent[0] if spent else None):
                 raise self._too_fast()
             return None
         session.last_seen = self.clock()
@@ -330,7 +332,7 @@ class Chat:
         the limit, the answer is that it came too fast."""
         session = self.sessions.get(peer)
         bucket = session.bucket if session is not None else self._spent.setdefault(
-            peer, Bucket(self.burst, self.clock()))
+            peer, (Bucket(self.burst, self.clock()), Bucket(self.delivery_burst, 0.0)))[0]
         if len(self._spent) > P.ANSWERS_REMEMBERED:
             self._spent.popitem(last=False)
         if not self._within_rate(bucket):
@@ -365,8 +367,8 @@ class Chat:
                 break
             room = self.rooms[name]  # (name is a fold here)
             self._remove_room(room)
-            self.store.drop_room(name)
-            log.info("Room %s removed: empty for %.0f s", name, now - since)
+            self.store.drop_room(room.name)
+            log.info("Room %s removed: empty for %.0f s", room.name, now - since)
         return self._out
 
     def ticks(self) -> list[Delivery]:
@@ -470,10 +472,10 @@ class Chat:
                                     f"Server full ({self.max_clients} clients); try later")
             if replaced is not None:
                 self._end_session(replaced, "replaced")
-            bucket = self._spent.pop(peer, None) or Bucket(self.burst, self.clock())
-            self.sessions[peer] = Session(
-                peer, client, self.clock(), identity, address, bucket=bucket,
-                delivery=Bucket(self.delivery_burst, self.clock()))
+            bucket, delivery = self._spent.pop(identity or peer, None) or (
+                Bucket(self.burst, self.clock()), Bucket(self.delivery_burst, self.clock()))
+            self.sessions[peer] = Session(peer, client, self.clock(), identity, address,
+                                          bucket=bucket, delivery=delivery)
             log.info("Client connected (%d online)", len(self.sessions))
         return {"inc": self.incarnation, "pub": self.pub_address,
                 "heartbeat": P.HEARTBEAT_INTERVAL, "timeout": self.peer_timeout,
@@ -542,8 +544,7 @@ class Chat:
         if fold(room) in self.rooms:
             raise ProtocolError("room_exists", f"Room {room} already exists")
         self._writing()
-        self.budgets.create_room(_sources(session))
-        name = self._name_for_entry(session, name)
+        name = self._name_for_entry(session, name, budget=self.budgets.create_room)
         now = self.clock()
         self.store.add_room(room, now, name)
         new = Room(room, now, name, seq=0)
@@ -735,15 +736,19 @@ class Chat:
             self._room_event(room, "nick", name=name, old=old)
         log.info("%s logged in", name) if old is None else log.info("%s is now %s", old, name)
 
-    def _name_for_entry(self, session: Session, name: str | None, entering: bool = True
+    def _name_for_entry(self, session: Session, name: str | None, entering: bool = True,
+                        budget: Callable[[list[tuple[str, object]]], None] | None = None
                         ) -> str:
-        """Check, then settle, the nickname a session enters a room with."""
+        """Check, then settle, the nickname a session enters a room with; ``budget`` is
+        spent last of the checks (a refused request spends none)."""
         if entering and len(session.rooms) >= P.ROOMS_PER_MEMBER_MAX:
             raise ProtocolError("too_many_rooms",
                                 f"You are in {P.ROOMS_PER_MEMBER_MAX} rooms already")
         if name is None:
             name = session.name or self._guest_name()
         self._check_name(session, name)
+        if budget is not None:
+            budget(_sources(session))
         self._take_name(session, name)
         return name
 
@@ -819,7 +824,7 @@ class Chat:
             del self.users[fold(session.name)]
             self._user_names.remove(session.name)
         del self.sessions[session.peer]
-        self._spent[session.peer] = session.bucket
+        self._spent[session.identity or session.peer] = (session.bucket, session.delivery)
         if len(self._spent) > P.ANSWERS_REMEMBERED:
             self._spent.popitem(last=False)
         log.info("Client %s ended: %s (%d online)", session.name or "(anonymous)", reason,

@@ -28,7 +28,7 @@ it costs 0.3 µs; every ``interval`` (50 ms) it:
   connections round robin, each about once a ``window`` (1 s) but at most ``slice`` (128)
   a call: measured 0.04 ms a check at 100 connections, 0.23 ms at 1,000, 0.72 ms at 10,000
   (1.4 % of a core; 10,000 connections are each sampled every 4 s). When resident memory
-  grew by more than ``surge`` (64 MiB) since its lowest, every connection is sampled at
+  grew by more than ``surge`` (32 MiB) since its lowest, every connection is sampled at
   once (4 ms at 1,000, 60 ms at 10,000), so a fast flood is found within one interval.
 * **unfinished message**: cuts a connection that received more than ``unfinished`` bytes
   (1 MiB, the largest frame the broker accepts) since a message last came out of it

@@ -201,7 +201,7 @@ class Broker:
             log.critical("STORE: a commit failed, the turn's writes are lost and were "
                          "never acknowledged: %s", exc)
             for k, (envelope, reply) in enumerate(control):
-                if reply.get("wrote"):
+                if reply.pop("wrote", False):
                     control[k] = (envelope, error(reply["re"], ProtocolError(
                         "store_unavailable", f"History cannot be written now ({exc})")))
             return self.chat.commit_failed(out, str(exc))

@@ -247,7 +247,7 @@ def _kinds(*kinds: Kind) -> dict[str, Kind]:
 # Requests a chat client sends to the broker's ROUTER.
 CLIENT_REQUESTS = _kinds(
     Kind("hello", (
-        Field("version", int, doc="protocol version, 1"),
+        Field("version", int, doc=f"protocol version, {PROTOCOL_VERSION}"),
         Field("client", str, required=False, rule=lambda v: 0 < len(v) <= CLIENT_ID_MAX,
               doc="the client's stable random id"),
     ), "open a session; the reply carries the publisher address and limits"),

@@ -1232,3 +1232,69 @@ def test_one_source_cannot_fill_the_disk_however_many_sessions_it_opens(make_cha
     connect(chat, A, "alice")  # a new session from the same source: still spent
     ok(chat, A, "join", room="lounge")
     assert refused(chat, A, "say", room="lounge", text=text)["code"] == "quota_exceeded"
+
+
+def test_a_new_session_refills_no_bucket_of_the_same_key(make_chat):
+    chat = make_chat(rate=P.RATE_DEFAULT, delivery_burst=1000, delivery_rate=1)
+    chat.handle(A, req("hello", version=P.PROTOCOL_VERSION), "key-a")
+    chat.handle(A, req("login", name="alice"), "key-a")
+    chat.handle(B, req("hello", version=P.PROTOCOL_VERSION))
+    chat.handle(B, req("login", name="bob"))
+    assert chat.handle(A, req("msg", to=["bob"], text="x" * 900), "key-a")[0].body["ok"]
+    chat.handle(A, req("bye"), "key-a")
+    chat.handle(C, req("hello", version=P.PROTOCOL_VERSION), "key-a")  # same key, anew
+    chat.handle(C, req("login", name="alice"), "key-a")
+    again = chat.handle(C, req("msg", to=["bob"], text="x" * 900), "key-a")[0].body
+    assert again["code"] == "rate_limited"
+
+
+def test_a_refused_create_spends_none_of_the_hourly_room_budget(make_chat, monkeypatch):
+    monkeypatch.setattr(P, "ROOMS_CREATED_PER_HOUR", 2)
+    chat = make_chat()
+    connect(chat, A, "alice")
+    connect(chat, B, "bob")
+    for _ in range(5):
+        assert refused(chat, A, "create", room="x", name="bob")["code"] == "name_taken"
+    ok(chat, A, "create", room="one")
+    ok(chat, A, "create", room="two")
+    assert refused(chat, A, "create", room="three")["code"] == "rate_limited"
+
+
+def test_a_history_page_cut_by_the_text_cap_says_so(chat):
+    connect(chat, A, "alice")
+    ok(chat, A, "create", room="lounge")
+    for _ in range(3):
+        ok(chat, A, "say", room="lounge", text="t" * 30_000)
+    page = ok(chat, A, "history", room="lounge", limit=50)
+    assert page["cut"] is True and len(page["events"]) == 2
+    assert [e["seq"] for e in page["events"]] == [3, 4]  # the newest end is kept
+    assert "cut" not in ok(chat, A, "history", room="lounge", limit=1)
+
+
+def test_a_room_empty_past_its_lifetime_goes_with_its_history(make_chat, clock):
+    chat = make_chat(room_lifetime=3600)
+    connect(chat, A, "alice")
+    ok(chat, A, "create", room="Lounge")
+    ok(chat, A, "say", room="Lounge", text="hello")
+    ok(chat, A, "leave", room="Lounge")
+    clock.advance(3599)
+    chat.expire()
+    assert "lounge" in chat.rooms
+    clock.advance(2)
+    chat.expire()
+    assert chat.rooms == {} and chat.store.rooms() == []
+    assert chat.store.events("Lounge", limit=10) == []
+
+
+def test_while_the_store_cannot_write_a_leave_is_told_in_the_rekey(chat, monkeypatch):
+    connect(chat, A, "alice")
+    connect(chat, B, "bob")
+    ok(chat, A, "create", room="lounge")
+    ok(chat, B, "join", room="lounge")
+    seq = chat.rooms["lounge"].seq
+    monkeypatch.setattr(chat.store, "problem", lambda: "the disk is full")
+    assert refused(chat, A, "say", room="lounge", text="hi")["code"] == "store_unavailable"
+    reply, rest = call(chat, B, "leave", room="lounge")
+    assert reply["ok"] and not [d for d in rest if isinstance(d, Publish)]
+    [rekey] = sent_to(rest, A)
+    assert rekey["ev"] == "rekey" and rekey["left"] == "bob" and rekey["seq"] == seq

@@ -380,14 +380,20 @@ def test_the_broker_fails_closed_when_its_authenticator_is_not_running(tmp_path)
             assert sock.getsockopt(zmq.ZAP_ENFORCE_DOMAIN) == 1
             assert sock.getsockopt(zmq.ZAP_DOMAIN) == domain
         loop.zap.close(0)  # the authenticator is gone
-        # Even the right keys (the operator's, on the control socket) get nowhere.
+        # Even the right keys (the operator's, on the control socket) get nowhere. A
+        # refusal may show as a failed handshake or, when the server hangs up first, as
+        # nothing but retries: either way no handshake may ever succeed. (Waiting for the
+        # failure event alone made this test fail on a loaded machine.)
         for kind, name in ((zmq.DEALER, "router"), (zmq.SUB, "pub"), (zmq.REQ, "control")):
             sock = curve_socket(ctx, kind, server.public, operator)
             with watched(sock) as monitor:
                 sock.connect(loop.endpoints[name])
-                outcome = handshake_outcome(monitor)
+                try:
+                    outcome = handshake_outcome(monitor)
+                except AssertionError:  # no verdict within the wait: not admitted either
+                    outcome = FAILED
             sock.close(0)
-            assert outcome & FAILED, f"{name}: {event_name(outcome)}"
+            assert outcome != SUCCEEDED and outcome & FAILED, f"{name}: {event_name(outcome)}"
     finally:
         for sock in (loop.router, loop.publisher, loop.control):
             sock.close(0)
