@@ -200,7 +200,8 @@ class _Outgoing:
 class _Pending:
     cmd: str
     args: dict[str, Any]
-    purpose: str  # "user" (someone waits on it), "scrollback", "catch-up" or "resume"
+    purpose: str  # "user" (someone waits on it), "scrollback", "catch-up", "resume" or
+    # "members" (the rest of a room's members, a page at a time, after a welcome)
 
 
 def _pub_address(advertised: str, server: str) -> str:
@@ -514,6 +515,9 @@ class Connection:
         if pending.purpose == "scrollback":
             self._scrolled_back(reply, rid)
             return
+        if pending.purpose == "members":
+            self._more_members(reply)
+            return
         # The request's own fields (the text of a /msg, say) help UIs tell the outcome.
         data = {**{k: v for k, v in pending.args.items() if k != "password"},
                 **{k: v for k, v in reply.items() if k not in ("re", "ok", "topic", "history")}}
@@ -548,7 +552,19 @@ class Connection:
                         heard=self.clock(), members=_str_list(reply.get("members")))
         self.rooms[name] = view
         self.sub.setsockopt(zmq.SUBSCRIBE, view.topic)
+        if reply.get("more") and view.members:  # a crowded room: the rest, page by page
+            self.request("who", "members", room=name, after=view.members[-1])
         return history
+
+    def _more_members(self, reply: dict[str, Any]) -> None:
+        view = self.rooms.get(reply.get("room", ""))
+        if view is None:
+            return
+        known = set(view.members)
+        page = [n for n in _str_list(reply.get("members")) if n not in known]
+        view.members += page
+        if reply.get("more") and page:
+            self.request("who", "members", room=view.name, after=page[-1])
 
     def _scrolled_back(self, reply: dict[str, Any], rid: int | None = None) -> None:
         view = self.rooms.get(reply.get("room", ""))
@@ -636,6 +652,10 @@ class Connection:
         view.topic = topic
         self.sub.setsockopt(zmq.SUBSCRIBE, topic)
         view.heard = self.clock()
+        left = message.get("left")  # told here when the store could not take a leave event
+        if isinstance(left, str) and left in view.members:
+            view.members.remove(left)
+            self._emit("leave", room=view.name, name=left, reason="left")
         if isinstance(message.get("seq"), int) and message["seq"] > view.seq:
             self._catch_up(view)  # the leave event went out on the old topic
 

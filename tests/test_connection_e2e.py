@@ -177,3 +177,24 @@ def test_a_second_restart_while_resuming_keeps_the_nickname_and_rooms(scripted):
     assert conn.name == "alice" and list(conn.rooms) == ["r"]
     kinds = [e.kind for e in broker.events]
     assert "resumed" in kinds and "ejected" not in kinds and "error" not in kinds
+
+
+def test_a_crowded_rooms_members_are_learnt_page_by_page(broker, connection):
+    from .test_hardening_e2e import Bare
+    ctx = zmq.Context()
+    try:
+        crowd = [Bare(ctx, broker) for _ in range(130)]  # more than a welcome names
+        for k, peer in enumerate(crowd):
+            peer.ok("login", name=f"m{k:03}")
+            if k == 0:
+                peer.ok("create", room="hall")
+            else:
+                peer.send("join", room="hall")
+        for peer in crowd[1:]:
+            assert peer.reply(peer.rid)["ok"]
+        connection.request("join", room="hall", name="late")
+        want = sorted([f"m{k:03}" for k in range(130)] + ["late"])
+        pump_until(connection, lambda: sorted(connection.rooms["hall"].members) == want
+                   if "hall" in connection.rooms else False)
+    finally:
+        ctx.destroy(linger=0)
