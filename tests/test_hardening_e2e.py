@@ -204,8 +204,8 @@ def test_garbage_is_charged_so_it_cannot_outrun_the_rate_limit(broker, zctx):
 
 
 def test_every_listing_comes_a_bounded_page_at_a_time(broker, zctx):
-    count = 120  # as many rooms as one address may create in an hour...
-    owners = [Bare(zctx, broker) for _ in range(3)]  # ...by members of 40 rooms each
+    count = 120  # more than a page, created by three members of 40 rooms each
+    owners = [Bare(zctx, broker) for _ in range(3)]
     for k, owner in enumerate(owners):
         owner.ok("login", name=f"owner{k}")
         rids = [owner.send("create", room=f"room{i:03}") for i in range(k * 40, k * 40 + 40)]
@@ -223,7 +223,6 @@ def test_every_listing_comes_a_bounded_page_at_a_time(broker, zctx):
     assert owner.refused("rooms", limit=P.LIST_PAGE_MAX + 1)["code"] == "invalid_command"
     # The operator's tool reads every page and shows them as one.
     assert len(admin_json(broker.control, "ls")["rooms"]) == count
-    assert owner.refused("create", room="one-too-many")["code"] == "rate_limited"
 
 
 def test_the_brokers_own_pause_ends_nobodys_session(broker, clients):
