@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+import zmq
 
 from .harness import Broker, Client, start_broker
 
@@ -10,6 +11,14 @@ from .harness import Broker, Client, start_broker
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "broker_args(*args): extra command-line arguments for the broker fixture")
+
+
+@pytest.fixture
+def zctx() -> Iterator[zmq.Context]:
+    """A ZeroMQ context for bare sockets a test drives itself; destroyed after it."""
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
 
 
 @pytest.fixture

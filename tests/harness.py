@@ -278,3 +278,11 @@ def operator_socket(ctx: Any, kind: int, broker: Broker) -> Any:
                           keys.load(Path(broker.keys_dir) / "admin.key_secret"))
     sock.connect(broker.control)
     return sock
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")

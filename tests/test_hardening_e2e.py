@@ -24,16 +24,9 @@ from broker.budgets import ADDRESS_SHARE
 from schema import keys, messages, pack
 from schema import protocol as P
 
-from .harness import Broker, admin, admin_json, start_broker
+from .harness import Broker, admin, admin_json, rss_mib, start_broker
 
 DEFAULT_WAIT = 5.0
-
-
-@pytest.fixture
-def zctx() -> Iterator[zmq.Context]:
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -143,13 +136,6 @@ def test_requests_packed_with_tiny_items_cost_the_broker_little(broker, zctx):
         refusals += [m["code"] for m in messages(attacker.dealer.recv())]
     assert refusals == ["malformed"] * len(frames)
     assert attacker.ask("ping")["ok"]
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def test_a_request_of_many_frames_is_refused_and_an_endless_one_is_cut(broker, zctx):

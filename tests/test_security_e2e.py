@@ -19,7 +19,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -44,18 +44,12 @@ from .harness import (
     admin_json,
     host_port,
     raw_socket,
+    rss_mib,
 )
 
 FAILED = keys.HANDSHAKE_FAILED
 SUCCEEDED = zmq.EVENT_HANDSHAKE_SUCCEEDED
 RSS_GROWTH_LIMIT_MIB = 100  # generous: the point is "bounded", not "small"
-
-
-@pytest.fixture
-def zctx() -> Iterator[zmq.Context]:
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
 
 
 # --- tools of the trade ------------------------------------------------------------------
@@ -112,14 +106,6 @@ def drain(sock: zmq.Socket, quiet: float = 0.3) -> list[list[bytes]]:
     while sock.poll(quiet * 1000):
         out.append(sock.recv_multipart())
     return out
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def stats(broker: Broker) -> dict[str, Any]:
