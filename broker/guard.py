@@ -99,7 +99,11 @@ UNFINISHED_SURGE = 16 << 10  # the same while resident memory surges
 INTERVAL = 0.05  # seconds between checks that do anything
 SLICE = 128  # connections sampled (or cut for their handshake) per check at most
 SURGE = 32 << 20  # resident growth that makes a check sample every connection
-DEADLINE = 2.0  # seconds to finish a handshake, enforced only while crowded
+DEADLINE = 2.0  # seconds to finish a handshake, enforced only while crowded...
+# ...and only this long once the table is nearly full: libzmq's I/O thread spins at 100 %
+# on a full descriptor table (accept fails, the listener stays ready), so the wait must be
+# short; an honest CURVE handshake takes a few round trips.
+FULL_DEADLINE = 0.25
 STALL = 10.0  # seconds a peer may leave our sent bytes unacknowledged
 RESERVE = 256  # descriptors kept for operators and the process's own files
 TRIM_PERIOD = 1.0  # seconds after a cut during which freed memory is given back
@@ -438,7 +442,8 @@ class Connections:
         for conn in sample:
             cut += self._sample(conn, now, unfinished)
         if self.crowded():
-            cut += self._reap_handshakes(now)
+            full = len(self._conns) > self.limit - self.reserve // 4
+            cut += self._reap_handshakes(now, FULL_DEADLINE if full else self.deadline)
         if now <= self._trim_until:  # libzmq frees a cut connection's memory meanwhile
             trim()
         return cut
@@ -481,12 +486,12 @@ class Connections:
             conn.acked, conn.acked_time = acked_, now
         return 0
 
-    def _reap_handshakes(self, now: float) -> int:
+    def _reap_handshakes(self, now: float, deadline: float) -> int:
         cut = budget = 0
         for pending in self._pending.values():
             while pending and budget < self.slice:
                 conn = next(iter(pending.values()))
-                if now - conn.born < self.deadline:
+                if now - conn.born < deadline:
                     break
                 budget += 1
                 del pending[conn.fd]
@@ -500,7 +505,7 @@ class Connections:
         if cut:
             log.warning("Descriptors run short (%d connections, limit %d): cut %d that had "
                         "not finished their handshake within %g s", len(self._conns),
-                        self.limit, cut, self.deadline)
+                        self.limit, cut, deadline)
         return cut
 
     # -- the end --------------------------------------------------------------------------

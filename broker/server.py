@@ -216,9 +216,12 @@ class Broker:
     # -- receiving ------------------------------------------------------------------------
 
     def _crowded(self) -> bool:
-        """Descriptors run short (the publisher's connections count too)."""
+        """So few descriptors are left (the publisher's connections count too) that only
+        operators are let in. Connections that hold one without a handshake are cut long
+        before (the guard, past ``reserve``); these are peers that did finish theirs, so
+        they are refused only for the last quarter of the reserve."""
         c = self.conns
-        return len(c) + len(self.pub.conns) > c.limit - c.reserve
+        return len(c) + len(self.pub.conns) > c.limit - c.reserve // 4
 
     def _answer_zap(self) -> None:
         for _ in range(BATCH):

@@ -122,7 +122,8 @@ READY = re.compile(r"zchat broker ready: router=(\S+) pub=(\S+) control=(\S+)")
 
 def start_broker(db: str, *extra: str, router: str = "tcp://127.0.0.1:*",
                  pub: str = "tcp://127.0.0.1:*", control: str = "tcp://127.0.0.1:*",
-                 timeout: float = 10.0) -> Broker:
+                 timeout: float = 10.0, descriptors: int | None = None) -> Broker:
+    """``descriptors``: the broker's hard limit of open files (as a small machine has)."""
     args = ["--bind", router, "--pub-bind", pub, "--control-bind", control, "--db", db,
             *extra]
     if "--insecure" not in extra and "--keys" not in extra:
@@ -131,9 +132,14 @@ def start_broker(db: str, *extra: str, router: str = "tcp://127.0.0.1:*",
         keys = os.path.join(os.path.dirname(os.path.abspath(db)), "keys")
         args += ["--keys", keys]
         os.environ["ZCHAT_KEYS"] = keys
+    def limit() -> None:
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (descriptors, descriptors))
+
     proc = subprocess.Popen([sys.executable, "-m", "broker", *args], cwd=ROOT, env=_env(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE,
+                            preexec_fn=limit if descriptors is not None else None)
     log = Lines(proc.stderr)
     try:
         ready = READY.search(log.wait_for(READY.search, timeout))

@@ -290,6 +290,58 @@ def test_subscribers_leaving_together_do_not_stall_the_loop(tmp_path, zctx):
         serving.join(10)
 
 
+def test_descriptors_running_out_keep_the_operator_in_and_nothing_spins(tmp_path, zctx):
+    """Raw connections that send five bytes and wait each hold a descriptor. Near the
+    limit the guard cuts those that never finished their handshake, chat peers wait, the
+    operator still gets in, and libzmq's I/O thread does not spin on a full table."""
+    import socket as sockets
+    broker = start_broker(str(tmp_path / "zchat.db"), descriptors=1024)
+    hoarders = []
+    try:
+        host, port = broker.router.rsplit("/", 1)[1].rsplit(":", 1)
+        for _ in range(1500):  # more than the broker may hold
+            s = sockets.socket()
+            s.setblocking(False)
+            s.connect_ex((host, int(port)))
+            hoarders.append(s)
+        for s in hoarders:
+            try:
+                s.send(b"\xff\0\0\0\0")
+            except OSError:
+                pass  # not accepted, or already cut
+        # The hoard reaches the broker: its table nearly fills, or the guard starts cutting.
+        fds = Path(f"/proc/{broker.proc.pid}/fd")
+        deadline = time.monotonic() + 10
+        while len(list(fds.iterdir())) < 1000 and not any(
+                "Descriptors run short" in ln for ln in broker.log.drain(0.05)):
+            assert time.monotonic() < deadline, "the hoard never reached the broker"
+        # Within seconds (the hoard would hold for the 30 s handshake timeout otherwise)
+        # the operator gets in, and a chat client after it.
+        deadline = time.monotonic() + 15
+        while admin(broker.control, "stats").returncode != 0:
+            assert time.monotonic() < deadline, "the operator was kept out"
+        while True:  # a chat client too, once the hoard is cut down (before, the last
+            try:  # descriptors are the operators': its handshake may be refused)
+                late = Bare(zctx, broker)
+                break
+            except AssertionError:
+                assert time.monotonic() < deadline, "no chat client got in"
+        assert late.ok("login", name="late")["name"] == "late"
+        assert any("Descriptors run short" in ln for ln in broker.log.seen + broker.log.drain(
+            0.05))  # the guard's doing
+        # While the hoarders stay connected (what is left of them), nothing spins.
+        before, started = cpu_seconds(broker.proc.pid), time.monotonic()
+        while time.monotonic() - started < 2:  # a ping every quarter second, as measured
+            late.dealer.poll(250)
+            assert late.ok("ping")
+        busy = (cpu_seconds(broker.proc.pid) - before) / (time.monotonic() - started)
+        assert busy < 0.3, f"the broker used {busy:.0%} of a core while held"
+    finally:
+        for s in hoarders:
+            s.close()
+        broker.stop()
+
+
 # --- Memory and bandwidth that one peer can claim ------------------------------------------
 
 
