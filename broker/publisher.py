@@ -28,6 +28,8 @@ from collections.abc import Callable
 
 import zmq
 
+from schema import protocol as P
+
 from .guard import Connections
 
 log = logging.getLogger("zchat.broker")
@@ -39,6 +41,14 @@ REFUSED_PER_CONNECTION = 4  # refused subscriptions outstanding: an honest clien
 # members of a room that race its rekey hold the same stale topic: one cost, one trie path)
 REFUSED_BYTES = 32 << 10
 LINK_QUEUE = 1000  # frames waiting for this thread; past it the loop drops (seq catch-up)
+# A subscriber that reconnects (after a broker restart, say) asks again for every topic it
+# had, all dead now, before its client has joined anew and withdrawn them: in its first
+# GRACE seconds a connection may hold as many refused topics as a member has rooms, if
+# each has the shape of a room topic (name, NUL, 16 hex digits); past its grace, what it
+# still holds is judged like the rest.
+GRACE = 10.0
+GRACE_REFUSED = P.ROOMS_PER_MEMBER_MAX + REFUSED_PER_CONNECTION
+_TOKEN = 16  # hex digits of a room topic's token
 _ids = itertools.count()
 
 
@@ -87,11 +97,15 @@ class Publisher(threading.Thread):
         poller = zmq.Poller()
         for s in (self._inbox, self.sock, *self.conns.monitors):
             poller.register(s, zmq.POLLIN)
+        next_look = 0.0
         try:
             while True:
                 ready = dict(poller.poll(math.ceil(self.conns.due() * 1000)))
                 self.conns.drain()
                 self.conns.check()
+                if self.conns.clock() >= next_look:  # graces end with no traffic too
+                    self._forget_gone()
+                    next_look = self.conns.clock() + 1.0
                 if self.sock in ready:
                     self._drain_subscriptions()
                 if self._inbox in ready and not self._forward():
@@ -159,10 +173,19 @@ class Publisher(threading.Thread):
                 self._holders[topic] = self._holders.get(topic, 0) + 1
                 if self._holders[topic] == 1:
                     self._refused_bytes += len(topic)
-            if len(refused) > REFUSED_PER_CONNECTION:
+            self._judge(fd)
+
+    def _judge(self, fd: int) -> None:
+        """Cut a connection that holds too many refused topics (see GRACE)."""
+        refused = self._refused.get(fd, ())
+        conn = self.conns.get(fd)
+        if conn is not None and self.conns.clock() - conn.born < GRACE:
+            if len(refused) > GRACE_REFUSED or not all(map(_room_shaped, refused)):
                 self._cut(fd, "too many refused subscriptions")
-            elif self._refused_bytes > self.refused_budget:
-                self._cut(fd, "refused subscriptions past the broker's budget")
+        elif len(refused) > REFUSED_PER_CONNECTION:
+            self._cut(fd, "too many refused subscriptions")
+        elif self._refused_bytes > self.refused_budget and refused:
+            self._cut(fd, "refused subscriptions past the broker's budget")
 
     def _release(self, topic: bytes) -> None:
         self._holders[topic] -= 1
@@ -176,7 +199,18 @@ class Publisher(threading.Thread):
             self._release(topic)
 
     def _forget_gone(self) -> None:
-        """Refused topics of connections that went (libzmq forgot them with the pipe)."""
-        for fd in [fd for fd in self._refused if fd not in self.conns]:
-            for topic in self._refused.pop(fd):
-                self._release(topic)
+        """Refused topics of connections that went (libzmq forgot them with the pipe),
+        and the judgement of those whose grace has ended meanwhile."""
+        for fd in list(self._refused):
+            if fd not in self.conns:
+                for topic in self._refused.pop(fd):
+                    self._release(topic)
+            elif len(self._refused[fd]) > REFUSED_PER_CONNECTION or \
+                    self._refused_bytes > self.refused_budget:
+                self._judge(fd)
+
+
+def _room_shaped(topic: bytes) -> bool:
+    """Could this have been a room's topic (name, NUL, token)? Only such may wait."""
+    return (_TOKEN + 2 <= len(topic) <= 4 * P.ROOM_MAX + 1 + _TOKEN
+            and topic[-_TOKEN - 1] == 0)

@@ -45,7 +45,8 @@ FRAME_BYTES = 128 << 10  # ...and bytes, unless it is a single message (a histor
 # by seq, so its queue can be short; a client's replies and private messages cannot be
 # refetched, and a client whose queue is full is ended ("not reading").
 ROUTER_QUEUE, PUBLISHER_QUEUE = 1000, 1000
-PEER_QUEUE_BYTES = 8 << 20  # bytes queued for one client at most (see Queued)...
+PEER_QUEUE_BYTES = 8 << 20  # bytes queued for a client that reads nothing (see Queued)...
+PEER_QUEUE_MAX = 64 << 20  # ...or for one that reads, but slower than it is sent to
 ALL_QUEUES_BYTES = 512 << 20  # ...and for all of them
 # pyzmq's flag enums cost more to combine than the send itself: plain ints.
 _MORE, _NOW = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
@@ -103,7 +104,9 @@ class Broker:
         limit = raise_fd_limit()
         self.conns = Connections(limit=limit)
         self.conns.watch(self.router, "router")
-        self._fd_of: dict[bytes, int] = {}  # routing id -> the connection it last came on
+        # routing id -> the connection (fd, and the guard's record of it) it last came on:
+        # the number alone may have gone to someone else since (a handover, a close)
+        self._fd_of: dict[bytes, tuple[int, object]] = {}
         self._queued = Queued(self.conns.acked)
         publisher_conns = Connections(limit=limit)  # the publisher thread's own
         publisher_conns.watch(self.publisher, "publisher")
@@ -174,6 +177,12 @@ class Broker:
             self._unavailable()
             turn_ended = self._mark
         self._farewell()
+
+    def _fd(self, peer: bytes) -> int:
+        """The descriptor of the connection a peer is on now, or -1 if that is not known
+        for sure (its connection went, or another took the number): never someone else's."""
+        fd, conn = self._fd_of.get(peer, (-1, None))
+        return fd if conn is not None and self.conns.get(fd) is conn else -1
 
     def _forget_gone(self) -> None:
         """What was kept about peers that are gone."""
@@ -246,7 +255,7 @@ class Broker:
             body = recv(_NOW, copy=False)
             fd = body.get(_SRCFD)
             self.conns.seen(fd)
-            self._fd_of[peer] = fd
+            self._fd_of[peer] = (fd, self.conns.get(fd))
             self.chat.counters.frames_in += 1
             try:
                 if body.more:
@@ -319,7 +328,7 @@ class Broker:
                         self.router.send(peer, _MORE)
                         self.router.send(frame, _NOW)
                         self.chat.counters.frames_out += 1
-                        reason = self._queued.sent(peer, self._fd_of.get(peer, -1), len(frame))
+                        reason = self._queued.sent(peer, self._fd(peer), len(frame))
                     except zmq.ZMQError as exc:
                         # EHOSTUNREACH: the peer is gone. EAGAIN: its queue is full because
                         # it stopped reading; waiting would stall every other client: end it.
@@ -327,7 +336,7 @@ class Broker:
                                   else "not reading")
                     if reason is not None:
                         if reason != "unreachable":  # what is queued goes with it
-                            self.conns.cut(self._fd_of.get(peer, -1), reason)
+                            self.conns.cut(self._fd(peer), reason)
                         self._queued.forget(peer)
                         if peer in self.chat.sessions:
                             pending += self._commit(self.chat.gone(peer, reason), [])
@@ -366,10 +375,12 @@ class Queued:
     libzmq counts a peer's queue in frames (SNDHWM), and a frame can be a history page
     of a quarter of a megabyte. So the loop counts the bytes it hands each peer and, past
     PEER_QUEUE_BYTES since it last looked, asks the kernel how much that peer has
-    acknowledged (TCP_INFO, a few µs: done only that rarely). What is neither
-    acknowledged nor older than that is still queued, in libzmq or the kernel; a peer
-    over the bound is not reading, and is ended and its connection cut, which frees it.
-    All peers together are bounded the same way by ALL_QUEUES_BYTES.
+    acknowledged (TCP_INFO, a few µs: done only that rarely). What is not acknowledged
+    is still queued, in libzmq or the kernel. A peer over the bound that acknowledged
+    nothing since the last look is not reading; one that reads, slowly (a laptop on a
+    slow link, sent much at once by others), may hold up to PEER_QUEUE_MAX. Past that it
+    is ended and its connection cut, which frees what it held. All peers together are
+    bounded the same way by ALL_QUEUES_BYTES.
     """
 
     def __init__(self, acked: Callable[[int], int | None]):
@@ -385,8 +396,11 @@ class Queued:
             track = self._peers[peer] = [0, self._acked(fd) or 0, fd]
         track[0] += size
         self._total += size
-        if track[0] > PEER_QUEUE_BYTES and self._rebase(track) > PEER_QUEUE_BYTES:
-            return "not reading (its queue is full)"
+        if track[0] > PEER_QUEUE_BYTES:
+            before = track[1]
+            queued = self._rebase(track)
+            if queued > PEER_QUEUE_MAX or (queued > PEER_QUEUE_BYTES and track[1] == before):
+                return "not reading (its queue is full)"
         if self._total > ALL_QUEUES_BYTES:
             for other in self._peers.values():  # rare: look at what all really hold
                 self._rebase(other)

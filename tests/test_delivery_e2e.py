@@ -260,3 +260,27 @@ def test_a_burst_of_requests_is_answered_in_order_in_array_frames_within_bounds(
         dealer.close()
     finally:
         ctx.term()
+
+
+def test_after_a_restart_a_member_of_many_rooms_is_not_cut_for_its_old_topics(broker,
+                                                                                clients):
+    # Its SUB asks again for every topic it had, all dead in the new incarnation, before
+    # its client has joined anew: the publisher must not take that for an attack.
+    alice = clients("--name", "alice")
+    alice.event("reply", cmd="login")
+    rooms = [f"r{i}" for i in range(12)]
+    for room in rooms:
+        alice.enter(f"/create {room}")
+    broker.stop(signal.SIGKILL)
+    restarted = restart(broker)
+    try:
+        alice.event("resumed", timeout=15)
+        for room in rooms:
+            alice.send(f"/join {room}", f"back in {room}")
+        for room in rooms:
+            alice.event("msg", room=room, text=f"back in {room}", timeout=10)
+        restarted.log.drain(0.5)
+        cuts = [ln for ln in restarted.log.seen if "refused subscriptions" in ln]
+        assert cuts == [], cuts
+    finally:
+        restarted.stop()
