@@ -10,12 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import report
+from . import ngircd, report
 from .brokerproc import ROOT
 from .plan import WORKLOADS
 from .runner import Failed, Options, run
 
 SWEEP_RATES = "500,1000,2000,4000"
+AGAINST_DM_RATE = 20_000.0  # 'all --against ngircd': private messages open loop
 CROWD_ROOM_RATE = 200.0  # the crowd's busy room (x 50 members), unless --rate says otherwise
 
 
@@ -72,6 +73,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--floor", action="store_true",
                    help="experiment: run the workload against bench/floor.py, a relay with "
                         "none of the broker's checks or storage, to show the design's floor")
+    p.add_argument("--against", choices=("ngircd",),
+                   help="run the same load against ngIRCd too (plain IRC; the Debian package "
+                        "'ngircd' must be installed), taking turns with zchat and the floor "
+                        "relay in one session, and write the ratios to OUT/"
+                        f"{report.AGAINST_MD}; with 'all': fanout, rooms, dm and dm open "
+                        f"loop {AGAINST_DM_RATE:,.0f}/s")
+    p.add_argument("--pairs", type=int, default=2,
+                   help="--against: rounds of zchat, floor relay, ngIRCd per workload "
+                        "(default %(default)s)")
+    p.add_argument("--no-floor", action="store_true",
+                   help="--against: leave the floor relay out of the rounds")
+    p.add_argument("--irc-quickack", action="store_true",
+                   help="--against, experiment: IRC receivers ACK every read at once "
+                        "(TCP_QUICKACK), so ngIRCd's writes (no TCP_NODELAY) do not wait "
+                        "for delayed ACKs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -81,7 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.workload == "report":
+        if args.against:
+            return rewrite_against(Path(args.json or out / report.AGAINST_JSON), out)
         return rewrite_report(Path(args.json or out / "results.jsonl"), out)
+    if args.against:
+        problem = against_problem(args)
+        if problem:
+            print(f"bench: {problem}", file=sys.stderr)
+            return 2
     base = Options(args.workload if args.workload != "all" else "fanout",
                    procs=args.procs, duration=args.duration or 10.0, warmup=args.warmup,
                    rate=args.rate, clients=args.clients or 1000, stuck=args.stuck,
@@ -94,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         base.profile_out = str(target)
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
-    if args.workload == "all":
+    if args.against:
+        base.irc_quickack = args.irc_quickack
+        plan = against(base, args.workload == "all", args.pairs, not args.no_floor)
+    elif args.workload == "all":
         base.duration = args.duration or 30.0
         plan = suite(base, rates, args.clients or 10_000)
     else:
@@ -122,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: interrupted; everything it started is stopped", file=sys.stderr)
         if not results:
             return 130
+    if args.against:
+        report.append_json(args.json or out / report.AGAINST_JSON, results + failed)
+        return write_against(results, failed, command, out)
     report.append_json(args.json or out / "results.jsonl", results + failed)
     plot_name = None
     if args.plot or args.workload == "all":
@@ -159,6 +188,62 @@ def rewrite_report(source: Path, out: Path) -> int:
     return 0
 
 
+def against_problem(args: argparse.Namespace) -> str | None:
+    """Why an --against run cannot be made, or None."""
+    if ngircd.binary() is None:
+        return ("--against ngircd: the ngircd binary is not installed (Debian/Ubuntu: "
+                "apt-get install ngircd); nothing was run")
+    if args.workload == "crowd" or args.stuck or args.profile or args.floor or args.plot:
+        return ("--against ngircd runs fanout, rooms and dm (or 'all' of them), without "
+                "--stuck, --profile, --floor or --plot")
+    if args.insecure:
+        return "--against ngircd compares with the broker as in production: no --insecure"
+    if args.pairs < 1:
+        return "--pairs must be at least 1"
+    return None
+
+
+def against(base: Options, everything: bool, pairs: int, floor: bool) -> list[Options]:
+    """Rounds of zchat, floor relay, ngIRCd for each workload: A B A B, in one session."""
+    closed = replace(base, stuck=0)
+    if everything:
+        closed.rate = None
+        shapes = [replace(closed, workload=w) for w in ("fanout", "rooms", "dm")]
+        shapes.append(replace(closed, workload="dm", rate=AGAINST_DM_RATE))
+    else:
+        shapes = [closed]
+    runs = []
+    for shape in shapes:
+        for _ in range(pairs):
+            runs.append(replace(shape, server="zchat"))
+            if floor:
+                runs.append(replace(shape, floor=True))
+            runs.append(replace(shape, server="ngircd"))
+    return runs
+
+
+def write_against(results: list[dict[str, Any]], failed: list[dict[str, Any]],
+                  command: str, out: Path) -> int:
+    plot_name = report.AGAINST_PNG if report.plot_against(results, out / report.AGAINST_PNG) \
+        else None
+    text = report.against_markdown(results, command, plot_name, failed)
+    (out / report.AGAINST_MD).write_text(text + "\n")
+    print(text)
+    return 1 if failed else 0
+
+
+def rewrite_against(source: Path, out: Path) -> int:
+    """against-ngircd.md and its plot again, from the JSON lines of --against runs."""
+    runs = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    if not runs:
+        print(f"bench: no results in {source}", file=sys.stderr)
+        return 1
+    command = "; ".join(dict.fromkeys(r.get("command", "?") for r in runs))
+    write_against([r for r in runs if "failed" not in r], [r for r in runs if "failed" in r],
+                  command, out)
+    return 0
+
+
 def suite(base: Options, rates: list[float], crowd: int) -> list[Options]:
     """The runs behind docs/bench/results.md."""
     closed = replace(base, rate=None, stuck=0)
@@ -178,6 +263,8 @@ def suite(base: Options, rates: list[float], crowd: int) -> list[Options]:
 
 def _describe(opts: Options) -> str:
     mode = f"open loop {opts.rate:g} msg/s" if opts.rate else "closed loop"
+    mode += " against ngIRCd" if opts.server == "ngircd" else " (floor relay)" \
+        if opts.floor else ""
     extra = f", {opts.clients} idle clients" if opts.workload == "crowd" else ""
     extra += f", {opts.stuck} stuck" if opts.stuck else ""
     return f"{opts.workload} {mode}{extra}, {opts.procs} load processes, {opts.duration:g} s"

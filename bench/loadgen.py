@@ -80,6 +80,8 @@ class Config:
     room_senders: dict[str, list[int]]  # room -> ids of its senders
     idle_sub: bool = False  # idle clients (in no room) connect a SUB too
     seed: int = 0
+    protocol: str = "zchat"  # "irc": the same load, speaking plain IRC (bench/ircload.py)
+    irc_quickack: bool = False  # irc: receivers ACK at once (TCP_QUICKACK after each read)
 
 
 class View:
@@ -124,6 +126,8 @@ class Client:
 
 
 class Worker:
+    ECHO = True  # a room sender hears its own messages (IRC's do not)
+
     def __init__(self, index: int, specs: list[ClientSpec], cfg: Config, pipe: Any,
                  sent: Any, prog: Any, totals: Any):
         self.index, self.cfg, self.pipe = index, cfg, pipe
@@ -540,7 +544,8 @@ class Worker:
         for c in self.active:
             for room in c.spec.rooms:
                 for sid in self.cfg.room_senders.get(room, ()):
-                    self.local_receivers.setdefault(sid, []).append(c)
+                    if self.ECHO or c.spec.sid != sid:
+                        self.local_receivers.setdefault(sid, []).append(c)
         big = (1 << 62)
         base = self.index * self.cfg.n_senders
         for sid in range(self.cfg.n_senders):
@@ -618,11 +623,15 @@ class Worker:
         text = f"{TEXT_PREFIX} {sid} {n} {t}"
         if len(text) < self.cfg.size:
             text = f"{text} {'x' * (self.cfg.size - len(text) - 1)}"
-        c.unacked += 1
         self.sent[sid] += 1
         if self.w0 <= t < self.w1:
             self.win_inbound += 1
-        if c.spec.room is not None:
+        self.post(c, stream, None if c.spec.room is not None else target, text)
+
+    def post(self, c: Client, stream: str, target: str | None, text: str) -> None:
+        """Send one benchmark message: to the sender's room, or privately to ``target``."""
+        c.unacked += 1
+        if target is None:
             self.request(c, "say", (stream,), room=c.spec.room, text=text)
         else:
             self.request(c, "msg", (stream,), to=[target], text=text)
@@ -674,7 +683,12 @@ def main(index: int, specs: list[ClientSpec], cfg: Config, pipe: Any, sent: Any,
          totals: Any) -> None:
     """Entry point of a load process (multiprocessing target)."""
     try:
-        worker = Worker(index, specs, cfg, pipe, sent, prog, totals)
+        if cfg.protocol == "irc":
+            from .ircload import IrcWorker
+
+            worker: Worker = IrcWorker(index, specs, cfg, pipe, sent, prog, totals)
+        else:
+            worker = Worker(index, specs, cfg, pipe, sent, prog, totals)
         profile_dir = os.environ.get("ZCHAT_BENCH_PROFILE_LOAD")
         if profile_dir:  # a developer's knob: where does a load process spend its time?
             import cProfile

@@ -43,11 +43,12 @@ class Plan:
         return (sum(map(len, self.workers)) + sum(map(len, self.idle_workers))
                 + len(self.stuck))
 
-    def receivers_of(self, sid: int) -> list[str]:
-        """Who should see sender ``sid``'s room messages (stuck members excluded)."""
-        room = self.senders[sid].room
-        stuck = {s.name for s in self.stuck}
-        return [m for m in self.rooms.get(room or "", []) if m not in stuck]
+    def receivers_of(self, sid: int, echo: bool = True) -> list[str]:
+        """Who should see sender ``sid``'s room messages (stuck members excluded; the
+        sender itself too if ``echo`` is false: an IRC server sends nobody their own)."""
+        sender = self.senders[sid]
+        skip = {s.name for s in self.stuck} | (set() if echo else {sender.name})
+        return [m for m in self.rooms.get(sender.room or "", []) if m not in skip]
 
 
 def _room_members(prefix: str, room: str, members: int, senders: int, first_sid: int

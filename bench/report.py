@@ -14,7 +14,8 @@ from .brokerproc import ROOT
 
 COLUMNS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("workload", lambda r: r["workload"] + (" +stuck" if r.get("stuck") else "")
-     + ("" if r.get("curve", True) else " (no CURVE)")
+     + (" (ngIRCd)" if r.get("server") == "ngircd"
+        else "" if r.get("curve", True) else " (no CURVE)")
      + (" (floor relay)" if r.get("floor") else "")),
     ("mode", lambda r: r["mode"]),
     ("clients", lambda r: r["clients"]),
@@ -171,6 +172,9 @@ def markdown(results: list[dict[str, Any]], command: str, plot_name: str | None 
     if failed:
         parts += ["## Runs that failed", "",
                   *[f"- {f['run']}: {f['failed']}" for f in failed], ""]
+    if (Path(ROOT) / "docs" / "bench" / AGAINST_MD).exists():
+        parts += ["The same workloads against ngIRCd, a C IRC server, with the ratios: "
+                  f"[{AGAINST_MD}]({AGAINST_MD}).", ""]
     if (Path(ROOT) / "docs" / "bench" / "profile.md").exists():
         parts += ["Where the broker's time goes, what failed and why, and what would move "
                   "the figures: [profile.md](profile.md).", ""]
@@ -221,6 +225,213 @@ def plot(results: list[dict[str, Any]], path: str | Path) -> bool:
     ax.set_title(f"zchat broker, {wl} open loop: latency against load")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+# --- against ngIRCd (--against ngircd) -------------------------------------------------------
+
+AGAINST_MD, AGAINST_PNG, AGAINST_JSON = "against-ngircd.md", "against-ngircd.png", \
+    "against-ngircd.jsonl"
+SERVERS = (("zchat", "zchat"), ("floor", "floor relay"), ("ngircd", "ngIRCd"))
+
+
+def _server(r: dict[str, Any]) -> str:
+    return r.get("server") or ("floor" if r.get("floor") else "zchat")
+
+
+def _median(values: list[float]) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def _groups(results: list[dict[str, Any]]) -> list[tuple[tuple, dict[str, list]]]:
+    """Runs by (workload, mode, clients), then by server, in the order first met."""
+    out: dict[tuple, dict[str, list]] = {}
+    for r in results:
+        if r.get("stuck") or r.get("profile") or not r.get("curve", True) and \
+                _server(r) != "ngircd":
+            continue
+        key = (r["workload"], r["mode"], r["clients"])
+        out.setdefault(key, {}).setdefault(_server(r), []).append(r)
+    return [(k, v) for k, v in out.items() if "zchat" in v and "ngircd" in v]
+
+
+METRICS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
+    ("server CPU per delivery", lambda r: r["broker_cpu_us_per_delivery"]),
+    ("deliveries/s", lambda r: r["deliveries_per_s"]),
+    ("p50", lambda r: r["latency_ms"]["p50"]),
+    ("p99", lambda r: r["latency_ms"]["p99"]),
+]
+
+
+def ratio(runs: dict[str, list], get: Callable[[dict[str, Any]], Any],
+          over: str = "zchat") -> tuple[float | None, list[float]]:
+    """median(``over``) / median(ngIRCd), and the ratio of each pair (k-th run of each)."""
+    a = _median([get(r) for r in runs.get(over, ())])
+    b = _median([get(r) for r in runs["ngircd"]])
+    pairs = [get(x) / get(y) for x, y in zip(runs.get(over, ()), runs["ngircd"], strict=False)
+             if get(x) is not None and get(y)]
+    return (a / b if a is not None and b else None), pairs
+
+
+def _x(value: tuple[float | None, list[float]]) -> str:
+    r, pairs = value
+    if r is None:
+        return "–"
+    f = lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+    text = f"{f(r)}×"
+    if len(pairs) > 1:
+        text += f" ({f(min(pairs))}–{f(max(pairs))})"
+    return text
+
+
+def _num(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    if v >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}".rstrip("0").rstrip(".") if v < 100 else f"{v:.0f}"
+
+
+def ratio_table(results: list[dict[str, Any]]) -> str:
+    rows = ["| workload | mode | runs zchat / ngIRCd | CPU per delivery, zchat ÷ ngIRCd | "
+            "floor relay ÷ ngIRCd | deliveries/s, zchat ÷ ngIRCd | p50, zchat ÷ ngIRCd | "
+            "p99, zchat ÷ ngIRCd |",
+            "|---|---|---|---|---|---|---|---|"]
+    for (wl, mode, _clients), runs in _groups(results):
+        cpu = METRICS[0][1]
+        floor = _x(ratio(runs, cpu, "floor")) if "floor" in runs else "–"
+        rows.append(f"| {wl} | {mode} | {len(runs['zchat'])} / {len(runs['ngircd'])} | "
+                    f"{_x(ratio(runs, cpu))} | {floor} | "
+                    + " | ".join(_x(ratio(runs, get)) for _, get in METRICS[1:]) + " |")
+    return "\n".join(rows)
+
+
+def median_table(results: list[dict[str, Any]]) -> str:
+    rows = ["| workload | mode | server | runs | µs CPU per delivery | µs CPU per inbound | "
+            "deliveries/s | p50 ms | p99 ms | server cores | RSS MiB | lost / dup (all runs) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (wl, mode, _clients), runs in _groups(results):
+        for server, label in SERVERS:
+            rs = runs.get(server)
+            if not rs:
+                continue
+            med = lambda get, rs=rs: _median([get(r) for r in rs])
+            rows.append(
+                f"| {wl} | {mode} | {label} | {len(rs)} | "
+                f"{_num(med(lambda r: r['broker_cpu_us_per_delivery']), 3)} | "
+                f"{_num(med(lambda r: r['broker_cpu_us_per_inbound']), 3)} | "
+                f"{_num(med(lambda r: r['deliveries_per_s']))} | "
+                f"{_num(med(lambda r: r['latency_ms']['p50']))} | "
+                f"{_num(med(lambda r: r['latency_ms']['p99']))} | "
+                f"{_num(med(lambda r: r['broker_cores']), 3)} | "
+                f"{_num(med(lambda r: r['broker_rss_max_mib']), 1)} | "
+                f"{sum(r['lost'] for r in rs)} / {sum(r['duplicated'] for r in rs)} |")
+    return "\n".join(rows)
+
+
+def against_markdown(results: list[dict[str, Any]], command: str,
+                     plot_name: str | None = None,
+                     failed: list[dict[str, Any]] = ()) -> str:
+    ng = next((r for r in results if _server(r) == "ngircd"), {})
+    parts = [
+        "# zchat against ngIRCd", "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}; server and load share it. Commit "
+        f"{(results[0].get('commit') if results else None) or commit() or '?'}; "
+        f"ngIRCd {ng.get('server_version') or '?'} (the Debian package).  ",
+        "The same plans, load processes and figures as [results.md](results.md), in one "
+        "session, the servers taking turns (zchat, floor relay, ngIRCd, zchat, ...), so a "
+        "change in the machine's load falls on all of them. The load speaks the zchat "
+        "protocol to zchat and the floor relay, plain IRC to ngIRCd (`NICK`/`USER`, `JOIN "
+        "#room`, `PRIVMSG #room` or `PRIVMSG nick`: bench/ircload.py); latency, lost and "
+        "duplicated come from the same timestamp and sequence number in the text.  ",
+        "zchat runs as in production (CURVE, SQLite persistence, every check; `--rate 0`). "
+        "ngIRCd runs with a config of the benchmark's on 127.0.0.1: plain TCP, no store, "
+        "no DNS/ident/PAM, flood control off as far as it allows (`MaxPenaltyTime 0`, "
+        "senders are operators with user mode +F); see bench/ngircd.py. Server CPU is "
+        "utime+stime of the server process from /proc over the measured window, divided "
+        "by the deliveries of that window, for both.  ",
+        "Ratios are zchat's median over ngIRCd's median (above 1: zchat costs more, or "
+        "for deliveries/s, carries more); in brackets the lowest and highest ratio of one "
+        "zchat run to the ngIRCd run next to it. An IRC server does not echo a channel "
+        "message to its sender, so a room message has one delivery fewer under ngIRCd "
+        "(49 in fanout's room of 50, 19 in rooms'); costs are per delivery made.",
+        "", "## Ratios", "", ratio_table(results), "", _load_note(results), "",
+        "## Medians", "", median_table(results), "",
+    ]
+    if plot_name:
+        parts += [f"![zchat, floor relay and ngIRCd]({plot_name})", ""]
+    parts += ["## Every run", "", table(results), ""]
+    if failed:
+        parts += ["## Runs that failed", "",
+                  *[f"- {f['run']}: {f['failed']}" for f in failed], ""]
+    return "\n".join(parts)
+
+
+def _load_note(results: list[dict[str, Any]]) -> str:
+    loads = []
+    for r in results:
+        try:
+            loads.append(float(str(r.get("loadavg", "")).split()[0]))
+        except (ValueError, IndexError):
+            pass
+    if not loads:
+        return ""
+    return (f"1-minute load average at the end of each run: {min(loads):.2f} to "
+            f"{max(loads):.2f} on {os.cpu_count()} cores. Above the core count, other "
+            "work shared the cores: taking turns spreads it over all three servers, but "
+            "every figure is lower than on a quiet machine, and as batching changes with "
+            "load, so may the ratios.")
+
+
+def plot_against(results: list[dict[str, Any]], path: str | Path) -> bool:
+    """Server CPU per delivery and p50/p99 latency, per workload and server (medians)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    groups = _groups(results)
+    if not groups:
+        return False
+    labels = [f"{wl}\n{mode}" for (wl, mode, _c), _ in groups]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    servers = [(s, lab) for s, lab in SERVERS if any(s in runs for _, runs in groups)]
+    width = 0.8 / len(servers)
+    for i, (server, label) in enumerate(servers):
+        xs = [k + (i - (len(servers) - 1) / 2) * width for k in range(len(groups))]
+        cpu = [_median([r["broker_cpu_us_per_delivery"] for r in runs.get(server, ())])
+               or 0 for _, runs in groups]
+        ax1.bar(xs, cpu, width, label=label)
+        for x, v in zip(xs, cpu, strict=True):
+            if v:
+                ax1.text(x, v, f"{v:.2g}", ha="center", va="bottom", fontsize=7)
+        for key, marker in (("p50", "o"), ("p99", "^")):
+            lat = [_median([r["latency_ms"][key] for r in runs.get(server, ())])
+                   for _, runs in groups]
+            ax2.scatter(xs, [v if v else float("nan") for v in lat], marker=marker,
+                        color=f"C{i}", label=f"{label} {key}")
+    for ax in (ax1, ax2):
+        ax.set_xticks(range(len(groups)), labels, fontsize=8)
+        ax.set_yscale("log")
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax1.set_ylabel("server CPU, µs per delivery (median)")
+    ax1.set_title("server CPU per delivery")
+    ax1.legend(fontsize=8)
+    ax2.set_ylabel("latency, ms (send → receive, median of runs)")
+    ax2.set_title("latency p50 (●) and p99 (▲)")
+    ax2.legend(fontsize=7, ncol=len(servers))
+    fig.suptitle("zchat broker, floor relay and ngIRCd: the same load, one session")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -24,6 +24,7 @@ from typing import Any
 
 from . import loadgen, stuck
 from .brokerproc import BrokerProcess
+from .ngircd import NgircdProcess
 from .plan import Plan, make
 from .progress import Progress
 from .stats import cpu_sample, memory_kib, merge, percentiles
@@ -49,6 +50,8 @@ class Options:
     profile_out: str | None = None
     insecure: bool = False  # plaintext broker: only to measure what CURVE costs
     floor: bool = False  # bench/floor.py instead of the broker: the design's floor
+    server: str = "zchat"  # "ngircd": the same load over IRC against ngIRCd (--against)
+    irc_quickack: bool = False  # ngircd: receivers defeat its Nagle stall (an experiment)
     idle_sub: bool = False  # crowd: idle clients connect a SUB as well
     progress: bool = True
     seed: int = 1
@@ -116,13 +119,23 @@ def run(opts: Options) -> dict[str, Any]:
     plan = make(opts.workload, procs=opts.procs, crowd=opts.clients, stuck=opts.stuck,
                 members=opts.members)
     tmp = tempfile.mkdtemp(prefix="zchat-bench-")
-    broker = BrokerProcess(tmp, profile=opts.profile, profile_out=opts.profile_out,
-                           insecure=opts.insecure,
-                           module="bench.floor" if opts.floor else "broker")
+    broker: Any
+    if opts.server == "ngircd":
+        if plan.stuck or plan.idle_workers or opts.profile or opts.floor:
+            raise Failed("--against ngircd runs fanout, rooms and dm only, without --stuck, "
+                         "--profile or --floor")
+        broker = NgircdProcess(tmp)
+    else:
+        broker = BrokerProcess(tmp, profile=opts.profile, profile_out=opts.profile_out,
+                               insecure=opts.insecure,
+                               module="bench.floor" if opts.floor else "broker")
     procs: list[_Proc] = []
     frozen: list[_Proc] = []
     try:
-        broker.start()
+        try:
+            broker.start()
+        except RuntimeError as exc:
+            raise Failed(str(exc)) from None
         return _run(opts, plan, broker, procs, frozen)
     finally:
         for p in frozen:
@@ -153,7 +166,9 @@ def _run(opts: Options, plan: Plan, broker: BrokerProcess, procs: list[_Proc],
         n_senders=n_senders,
         rate_per_sender=opts.rate / n_senders if opts.rate and n_senders else None,
         window=opts.window, size=opts.size, dm_pool=plan.dm_pool,
-        room_senders=room_senders, idle_sub=opts.idle_sub, seed=opts.seed)
+        room_senders=room_senders, idle_sub=opts.idle_sub, seed=opts.seed,
+        protocol="irc" if opts.server == "ngircd" else "zchat",
+        irc_quickack=opts.irc_quickack)
     for i, specs in enumerate(groups):
         procs.append(_Proc(ctx, loadgen.main, f"load-{i}", (i, specs, cfg),
                            (sent, prog, totals)))
@@ -234,12 +249,13 @@ def _run(opts: Options, plan: Plan, broker: BrokerProcess, procs: list[_Proc],
             due.append(s0 if not stopped else s1 if not thawed else w1)
         time.sleep(max(0.0, min(due) - time.monotonic()))
     mem = memory_kib(broker.pid)
+    echo = opts.server != "ngircd"  # an IRC server sends nobody their own channel message
     for p in procs:
         p.send("stop")
     # -- drain: every sent message should reach every receiver, live or caught up ----------
     drain_end = time.monotonic() + DRAIN_MAX
     while time.monotonic() < drain_end:
-        expected = _expected(plan, sent)
+        expected = _expected(plan, sent, echo)
         got = sum(totals[w * 4] for w in range(n_workers))
         if got >= expected:
             break
@@ -288,14 +304,15 @@ def _setup_progress(phase: str, totals: Any, n_workers: int, clients: int,
 
 
 def _label(opts: Options) -> str:
-    return f"{opts.workload} " + (f"{opts.rate:g}/s" if opts.rate else "closed")
+    who = " ngIRCd" if opts.server == "ngircd" else " floor" if opts.floor else ""
+    return f"{opts.workload}{who} " + (f"{opts.rate:g}/s" if opts.rate else "closed")
 
 
-def _expected(plan: Plan, sent: Any) -> int:
+def _expected(plan: Plan, sent: Any, echo: bool = True) -> int:
     total = 0
     for s in plan.senders:
         assert s.sid is not None
-        total += sent[s.sid] * (len(plan.receivers_of(s.sid)) if s.room else 1)
+        total += sent[s.sid] * (len(plan.receivers_of(s.sid, echo)) if s.room else 1)
     return total
 
 
@@ -312,13 +329,14 @@ def _result(opts: Options, plan: Plan, reports: list[dict[str, Any]],
             refused[k] = refused.get(k, 0) + v
         received.update(r["received"])
     lost = 0
+    echo = opts.server != "ngircd"
     for stream, n in sent.items():
         ok = n - refused.get(stream, 0)
         if ">" in stream:  # a private stream: sender>recipient
             sid, target = stream.split(">")
             lost += ok - received.get(target, {}).get(sid, 0)
         else:
-            for name in plan.receivers_of(int(stream)):
+            for name in plan.receivers_of(int(stream), echo):
                 lost += ok - received.get(name, {}).get(stream, 0)
     total = lambda key: sum(r[key] for r in reports)
     hist = merge(r["hist"] for r in reports)
@@ -331,14 +349,29 @@ def _result(opts: Options, plan: Plan, reports: list[dict[str, Any]],
                for k in cpu1.threads}
     io = sum(v for k, v in threads.items() if k.startswith("ZMQbg/IO"))
     main = threads.get("python", 0.0)
+    ngircd = opts.server == "ngircd"
+    if ngircd:  # one process, one thread
+        threads = {"ngircd": cpu}
     us = lambda seconds, n: round(seconds * 1e6 / n, 3) if n else None
     ms = lambda v: round(v / 1000, 3) if v is not None else None
     codes: dict[str, int] = {}
     for r in reports:
         for k, v in r["error_codes"].items():
             codes[k] = codes.get(k, 0) + v
+    settings = ("FLOOR RELAY (--floor experiment: no checks, no store); "
+                if opts.floor else "") \
+        + ("PLAINTEXT (--insecure experiment)" if opts.insecure else "CURVE on") \
+        + ("" if opts.floor else "; SQLite persistence on (WAL, synchronous=NORMAL); "
+                                 "per-client rate limit off (--rate 0)")
+    if ngircd:
+        settings = (f"ngIRCd {getattr(broker, 'version', '')}: plain IRC over loopback TCP "
+                    "(no TLS, no store); MaxPenaltyTime 0 (no flood penalties), senders "
+                    "IRC operators with user mode +F; no DNS, ident or PAM"
+                    + ("; receivers TCP_QUICKACK (--irc-quickack experiment)"
+                       if opts.irc_quickack else ""))
     result: dict[str, Any] = {
         "workload": opts.workload,
+        "server": "ngircd" if ngircd else "floor" if opts.floor else "zchat",
         "mode": f"open {opts.rate:g}/s" if opts.rate else "closed",
         "offered_rate": opts.rate,
         "procs": opts.procs, "load_processes": len(reports),
@@ -358,23 +391,22 @@ def _result(opts: Options, plan: Plan, reports: list[dict[str, Any]],
         "broker_cpu_s": round(cpu, 3), "broker_cores": round(cpu / window, 3),
         "broker_cpu_us_per_delivery": us(cpu, deliveries),
         "broker_cpu_us_per_inbound": us(cpu, inbound),
-        "broker_cpu_split_us_per_inbound": {"python": us(main, inbound),
-                                            "zmq_io": us(io, inbound)},
+        "broker_cpu_split_us_per_inbound": None if ngircd else {
+            "python": us(main, inbound), "zmq_io": us(io, inbound)},
         "broker_threads_cpu_s": {k: round(v, 3) for k, v in threads.items()},
         "broker_rss_mib": round(mem.get("VmRSS", 0) / 1024, 1),
         "broker_rss_max_mib": round(max(rss_max, mem.get("VmHWM", 0)) / 1024, 1),
         "broker_rss_after_setup_mib": round(setup_rss.get("VmRSS", 0) / 1024, 1),
-        "settings": ("FLOOR RELAY (--floor experiment: no checks, no store); "
-                     if opts.floor else "")
-        + ("PLAINTEXT (--insecure experiment)" if opts.insecure else "CURVE on")
-        + ("" if opts.floor else "; SQLite persistence on (WAL, synchronous=NORMAL); "
-                                 "per-client rate limit off (--rate 0)"),
-        "curve": not opts.insecure,
+        "settings": settings,
+        "curve": not opts.insecure and not ngircd,
+        "irc_quickack": opts.irc_quickack if ngircd else None,
         "floor": opts.floor,
         "profile": opts.profile,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "loadavg": _loadavg(),
     }
+    if ngircd:
+        result["server_version"] = getattr(broker, "version", "")
     if opts.workload == "crowd":
         result["idle_clients"] = opts.clients
         result["idle_clients_connections"] = "DEALER+SUB" if opts.idle_sub else "DEALER"

@@ -10,6 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from bench.ngircd import binary as ngircd_binary
 from bench.plan import make
 from bench.stats import bucket, merge, percentiles
 
@@ -76,3 +79,48 @@ def test_the_floor_relay_carries_a_tiny_dm_run_and_is_labelled_an_experiment(tmp
     table = (tmp_path / "results.md").read_text()
     assert "| dm (floor relay) |" in table
     assert "dm: broker CPU ≤ 8 µs per inbound message | not measured" in table
+
+
+@pytest.mark.skipif(ngircd_binary() is None,
+                    reason="ngircd is not installed (apt-get install ngircd): the --against "
+                           "ngircd comparison cannot run")
+def test_a_tiny_run_against_ngircd_takes_turns_and_reports_the_ratios(tmp_path):
+    """`--against ngircd`: zchat, the floor relay and ngIRCd (plain IRC) carry the same load
+    in one session, nothing is lost, and the ratios are written."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "fanout", "--against", "ngircd", "--pairs", "1",
+         "--members", "6", "--warmup", "0.5", "--duration", "1", "--rate", "100",
+         "--out", str(tmp_path), "--quiet"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [json.loads(line) for line in
+            (tmp_path / "against-ngircd.jsonl").read_text().splitlines()]
+    assert [r["server"] for r in runs] == ["zchat", "floor", "ngircd"]
+    for r in runs:
+        assert r["sent"] > 0 and r["lost"] == 0 and r["duplicated"] == 0, r
+        assert r["errors"] == 0 and r["broker_cpu_us_per_delivery"] > 0
+    irc = runs[2]
+    assert "ngIRCd" in irc["settings"] and irc["curve"] is False
+    assert irc["delivered"] == 5 * irc["sent"]  # IRC sends nobody their own channel message
+    text = (tmp_path / "against-ngircd.md").read_text()
+    assert "| fanout | open 100/s | 1 / 1 |" in text and "×" in text
+    assert "| fanout (ngIRCd) | open 100/s | 6 |" in text
+    assert not (tmp_path / "results.md").exists()  # the suite's table is left alone
+
+
+def test_against_takes_turns_and_irc_receivers_leave_the_sender_out():
+    from bench.cli import against
+    from bench.runner import Options
+
+    runs = against(Options("fanout", duration=10.0), False, 2, True)
+    assert [(r.server, r.floor) for r in runs] == [("zchat", False), ("zchat", True),
+                                                  ("ngircd", False)] * 2
+    suite = against(Options("fanout", duration=10.0), True, 1, False)
+    assert [(r.workload, r.rate, r.server) for r in suite] == [
+        ("fanout", None, "zchat"), ("fanout", None, "ngircd"), ("rooms", None, "zchat"),
+        ("rooms", None, "ngircd"), ("dm", None, "zchat"), ("dm", None, "ngircd"),
+        ("dm", 20_000.0, "zchat"), ("dm", 20_000.0, "ngircd")]
+    fanout = make("fanout", members=5)
+    assert fanout.receivers_of(0) == ["f0", "f1", "f2", "f3", "f4"]
+    assert fanout.receivers_of(0, echo=False) == ["f1", "f2", "f3", "f4"]
