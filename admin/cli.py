@@ -50,6 +50,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     release = sub.add_parser("release", help="forget a registered nickname (a squatted "
                                              "one, say), so anyone may take it")
     release.add_argument("name")
+    # Operators override any owner of a room.
+    role = sub.add_parser("role", help="give or take a role in a room, over any owner")
+    role.add_argument("room")
+    role.add_argument("name")
+    role.add_argument("role", choices=("owner", "moderator", "member"),
+                      help="member takes the role away")
+    mode = sub.add_parser("mode", help="show or change a room's settings")
+    mode.add_argument("room")
+    mode.add_argument("--invite", choices=("on", "off"), help="invite-only")
+    mode.add_argument("--key", help="the key needed to join; 'off' removes it")
+    mode.add_argument("--secret", choices=("on", "off"), help="left out of room listings")
+    mode.add_argument("--topic", choices=("moderators", "anyone"), dest="subject_by",
+                      help="who may set the topic")
+    mode.add_argument("--history", choices=("shared", "joined"),
+                      help="whether joiners see history from before they joined")
+    unban = sub.add_parser("unban", help="lift the bans on a nickname in a room")
+    unban.add_argument("room")
+    unban.add_argument("name")
+    bans = sub.add_parser("bans", help="list a room's bans")
+    bans.add_argument("room")
     keygen = sub.add_parser("keygen", help="create key pairs (no broker needed): the "
                                            "broker's and the operator's if missing")
     keygen.add_argument("--client", metavar="NAME",
@@ -132,6 +152,25 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _shown(value: Any) -> str:
+    return {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) \
+        else str(value)
+
+
+def _room_modes(r: dict[str, Any]) -> str:
+    """ls: a room's settings that differ from an open room's, and its owners."""
+    modes = r.get("modes") or {}
+    flags = [name for name, on in (("invite-only", modes.get("invite")),
+                                   ("key", modes.get("key")),
+                                   ("secret", modes.get("secret")),
+                                   ("topic by anyone", modes.get("subject_by") == "anyone"),
+                                   ("history from join", modes.get("history") == "joined"))
+             if on]
+    owners = r.get("owners") or []
+    return ((f"  [{', '.join(flags)}]" if flags else "")
+            + (f"  owners: {', '.join(owners)}" if owners else ""))
+
+
 def show(cmd: str, reply: dict[str, Any]) -> list[str]:
     if cmd == "ls":
         rooms = reply["rooms"]
@@ -139,7 +178,8 @@ def show(cmd: str, reply: dict[str, Any]) -> list[str]:
             return ["No rooms"]
         return [f"{r['room']}  {_plural(r['count'], 'member')}"
                 + (f": {', '.join(r['members'])}" if r["members"] else "")
-                + (", ..." if len(r["members"]) < r["count"] else "") for r in rooms]
+                + (", ..." if len(r["members"]) < r["count"] else "")
+                + _room_modes(r) for r in rooms]
     if cmd == "users":
         lines = [f"{u['name']}  in {', '.join(u['rooms']) or '(lobby)'}"
                  for u in reply["users"]] or ["No users logged in"]
@@ -154,6 +194,19 @@ def show(cmd: str, reply: dict[str, Any]) -> list[str]:
         return [f"Kicked {reply['name']}"]
     if cmd == "release":
         return [f"Released {reply['name']}: anyone may take it now"]
+    if cmd == "role":
+        return [f"{reply['name']} is now {reply['role']} of {reply['room']}"]
+    if cmd == "mode":
+        modes = reply.get("modes", {})
+        return [f"{reply['room']}: " + ", ".join(f"{k} {_shown(v)}" for k, v in modes.items())]
+    if cmd == "unban":
+        return [f"Lifted {_plural(reply.get('lifted', 0), 'ban')} on {reply['name']} in "
+                f"{reply['room']}"]
+    if cmd == "bans":
+        return [f"{b['name']}  {b['kind']} ban by {b['by']}"
+                + (f" until {b['until']:.0f}" if b.get("until") else "")
+                + (f": {b['reason']}" if b.get("reason") else "")
+                for b in reply.get("bans", [])] or [f"Nobody is banned from {reply['room']}"]
     if cmd == "stats":
         return [f"uptime        {reply['uptime']:.1f} s",
                 f"clients       {reply['clients']} ({reply['users']} logged in)",
@@ -179,7 +232,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: cannot read the keys: {exc} (see --keys, or --insecure)",
               file=sys.stderr)
         return EXIT_ERROR
-    fields = {k: getattr(args, k, None) for k in ("room", "name", "reason")}
+    fields = {k: getattr(args, k, None) for k in ("room", "name", "reason", "role",
+                                                  "subject_by", "history")}
+    for switch in ("invite", "secret"):
+        if getattr(args, switch, None) is not None:
+            fields[switch] = args.__dict__[switch] == "on"
+    if getattr(args, "key", None) is not None:
+        fields["key"] = "" if args.key == "off" else args.key
     try:
         reply = _ask_all(args, fields, credentials)
     except keys.HandshakeRefused as exc:

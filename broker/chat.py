@@ -33,6 +33,7 @@ from schema import ProtocolError, Request, error, ok, pack, unpack
 from schema import protocol as P
 from schema.names import fold
 
+from . import rooms as R
 from .budgets import Budgets
 from .listing import Names
 from .store import Account, Store
@@ -107,6 +108,12 @@ class Session:
     name: str | None = None
     away: str | None = None  # its away message, told to whoever messages it
     rooms: dict[str, Room] = field(default_factory=dict)  # insertion-ordered set
+    joined: dict[str, int] = field(default_factory=dict)  # room (fold) -> seq of its join
+    # Held for this session only (its nickname is not registered): the owner role of a
+    # room it created, and invites; keyed by the room itself, so a room made anew under
+    # the same name owes it nothing.
+    held: dict[Room, str] = field(default_factory=dict)
+    invites: set[Room] = field(default_factory=set)
     bucket: Bucket = field(default_factory=lambda: Bucket(0.0, 0.0))  # its rate limit
     delivery: Bucket = field(default_factory=lambda: Bucket(0.0, 0.0))  # characters out
 
@@ -121,6 +128,7 @@ class Room:
     members: dict[str, Session] = field(default_factory=dict)  # nickname -> session
     names: Names = field(default_factory=Names)  # the members' nicknames, for paging
     stored: int | None = None  # characters of history on disk, once learnt
+    access: R.Access = field(default_factory=R.Access)  # settings, roles, invites, bans
 
 
 @dataclass
@@ -150,6 +158,7 @@ class Chat:
         delivery_rate: float = P.DELIVERY_RATE_DEFAULT,
         delivery_burst: float = P.DELIVERY_BURST_DEFAULT,
         room_lifetime: float = P.EMPTY_ROOM_LIFETIME,
+        owned_room_lifetime: float = P.OWNED_ROOM_LIFETIME,
         room_quota: int = P.ROOM_HISTORY_MAX,
         route_check: Callable[[bytes, str], bool] | None = None,
         clock: Callable[[], float] = time.time,
@@ -166,6 +175,7 @@ class Chat:
         self.rate, self.burst = rate, burst
         self.delivery_rate, self.delivery_burst = delivery_rate, delivery_burst
         self.room_lifetime = room_lifetime
+        self.owned_room_lifetime = owned_room_lifetime
         self.room_quota = room_quota
         self.route_check = route_check
         self.clock = clock
@@ -183,6 +193,9 @@ class Chat:
         self._room_names = Names()  # the rooms' names, likewise
         # Rooms nobody is in, oldest emptied first: removed once empty for room_lifetime.
         self._empty: OrderedDict[str, float] = OrderedDict()
+        # Those of them a registered nickname owns, once past room_lifetime: they stay
+        # until empty for owned_room_lifetime.
+        self._owned_empty: OrderedDict[str, float] = OrderedDict()
         self.budgets = Budgets(clock)  # password guesses, registrations: per name, address
         self._guests = 0
         self._out: list[Delivery] = []
@@ -197,7 +210,8 @@ class Chat:
         self._spent: OrderedDict[object, tuple[Bucket, Bucket]] = OrderedDict()
         now = clock()
         for stored in store.rooms():
-            room = Room(stored.name, stored.created, stored.creator, stored.last_seq)
+            room = Room(stored.name, stored.created, stored.creator, stored.last_seq,
+                        access=self._stored_access(stored.name))
             self._add_room(room)
             self._empty[fold(room.name)] = now  # empty until someone comes back
 
@@ -280,6 +294,7 @@ class Chat:
                 self._remove_room(room)
             else:
                 room.seq = stored[room.name]
+                room.access = self._stored_access(room.name)
         kept = [d for d in deliveries if isinstance(d, Send) and d.peer not in writers]
         return errors + kept + [d for d in self._out if isinstance(d, Send)]
 
@@ -366,6 +381,18 @@ class Chat:
             if since > now - self.room_lifetime:
                 break
             room = self.rooms[name]  # (name is a fold here)
+            if self._kept(room):  # a registered owner keeps it longer (documented)
+                del self._empty[name]
+                self._owned_empty[name] = since
+                continue
+            self._remove_room(room)
+            self.store.drop_room(room.name)
+            log.info("Room %s removed: empty for %.0f s", room.name, now - since)
+        while self._owned_empty and self.store.problem() is None:
+            name, since = next(iter(self._owned_empty.items()))
+            if since > now - self.owned_room_lifetime:
+                break
+            room = self.rooms[name]
             self._remove_room(room)
             self.store.drop_room(room.name)
             log.info("Room %s removed: empty for %.0f s", room.name, now - since)
@@ -403,7 +430,10 @@ class Chat:
         rooms = [self.rooms[fold(n)] for n in names]
         return {"rooms": [{"room": r.name, "count": len(r.members), "seq": r.seq,
                            "members": r.names.page(None, P.MEMBERS_SHOWN)[0],
-                           "creator": r.creator} for r in rooms],
+                           "creator": r.creator, "modes": r.access.settings.modes(),
+                           "owners": self._owners(r),
+                           "moderators": r.access.moderators(),
+                           "subject": r.access.settings.subject} for r in rooms],
                 "more": more, "total": len(self.rooms)}
 
     def _admin_users(self, after: str | None, limit: int | None) -> dict[str, Any]:
@@ -417,6 +447,12 @@ class Chat:
             raise ProtocolError("not_registered", f"{name} is not registered")
         self._writing()
         self.store.drop_account(fold(name))
+        # Its roles and invites go with it: whoever takes the name next gets none of them.
+        self.store.revoke_everywhere(("role", "invite"), fold(name))
+        for room in self.rooms.values():
+            room.access.roles.pop(fold(name), None)
+            room.access.invites.pop(fold(name), None)
+            self._settle_lifetime(room)
         log.info("Operator released the nickname %s", name)
         return {"name": name}
 
@@ -427,6 +463,7 @@ class Chat:
         members = list(target.members.values())
         for member in members:
             del member.rooms[fold(target.name)]
+            member.joined.pop(fold(target.name), None)
             self._send(member, {"ev": "ejected", "room": target.name, "reason": why})
         self._remove_room(target)
         self.store.drop_room(target.name)
@@ -441,6 +478,22 @@ class Chat:
         self._send(session, {"ev": "kicked", "reason": why})
         self._end_session(session, f"kicked: {why}")
         return {"name": name}
+
+    # Operators override any owner: the rooms' own requests, ranked above every owner.
+
+    def _admin_role(self, room: str, name: str, role: str) -> dict[str, Any]:
+        return self._set_role(self._room(room), R.OPERATOR, "the operator", None, name, role)
+
+    def _admin_mode(self, room: str, **changes: Any) -> dict[str, Any]:
+        return self._change_modes(self._room(room), R.OPERATOR, "the operator", changes)
+
+    def _admin_unban(self, room: str, name: str) -> dict[str, Any]:
+        return self._lift_bans(self._room(room), name)
+
+    def _admin_bans(self, room: str) -> dict[str, Any]:
+        target = self._room(room)
+        return {"room": target.name,
+                "bans": [b.shown() for b in target.access.live_bans(self.clock())]}
 
     def _admin_stats(self) -> dict[str, Any]:
         c = self.counters
@@ -512,6 +565,15 @@ class Chat:
             pwhash = _hash_password(password, salt)
         self.store.save_account(Account(fold(name), session.identity, salt, pwhash))
         self.budgets.signed_in(fold(name), _sources(session))
+        # What the session held for itself is now the nickname's, and kept.
+        for room, role in session.held.items():
+            if self.rooms.get(fold(room.name)) is room:
+                self._store_role(room, fold(name), name, role)
+        for room in session.invites:
+            if self.rooms.get(fold(room.name)) is room:
+                self._store_invite(room, fold(name), name, "")
+        session.held.clear()
+        session.invites.clear()
         log.info("%s registered (%s)", name, "password" if password else "key")
         return {"name": name, "by": "password" if password else "key"}
 
@@ -535,10 +597,25 @@ class Chat:
 
     def _rooms(self, session: Session, after: str | None, limit: int | None
                ) -> dict[str, Any]:
-        names, more = self._room_names.page(after, limit or P.LIST_PAGE_DEFAULT)
-        return {"rooms": [{"room": n, "count": len(self.rooms[fold(n)].members)}
-                          for n in names],
-                "more": more}
+        # Secret rooms are left out for non-members; closed ones are only named.
+        wanted, listed, more = limit or P.LIST_PAGE_DEFAULT, [], True
+        while more and len(listed) < wanted:
+            names, more = self._room_names.page(after, wanted - len(listed))
+            for n in names:
+                room = self.rooms[fold(n)]
+                member = session.rooms.get(fold(n)) is room
+                settings = room.access.settings
+                if settings.secret and not member:
+                    continue
+                if not member and (settings.closed or self._banned(session, room)):
+                    listed.append({"room": n, "closed": True})
+                    continue
+                entry: dict[str, Any] = {"room": n, "count": len(room.members)}
+                if settings.subject:
+                    entry["subject"] = settings.subject
+                listed.append(entry)
+            after = names[-1] if names else after
+        return {"rooms": listed, "more": more}
 
     def _create(self, session: Session, room: str, name: str | None) -> dict[str, Any]:
         if fold(room) in self.rooms:
@@ -549,16 +626,24 @@ class Chat:
         self.store.add_room(room, now, name)
         new = Room(room, now, name, seq=0)
         self._add_room(new)
+        # The creator owns it: kept if the nickname is registered, else for this session.
+        if self.store.account(fold(name)) is not None:
+            self._store_role(new, fold(name), name, "owner")
+        else:
+            session.held[new] = "owner"
         log.info("New room %s created", room)
         return self._enter(session, new)
 
-    def _join(self, session: Session, room: str, name: str | None) -> dict[str, Any]:
+    def _join(self, session: Session, room: str, name: str | None, key: str | None
+              ) -> dict[str, Any]:
         target = self._room(room)
         member = session.name is not None and fold(target.name) in session.rooms
         if member and name in (None, session.name):
             return self._welcome(session, target)  # already a member: it becomes current
         self._writing()
-        self._name_for_entry(session, name, entering=not member)  # renames everywhere
+        self._name_for_entry(  # renames everywhere
+            session, name, entering=not member,
+            admit=None if member else lambda n: self._may_enter(session, target, n, key))
         return self._welcome(session, target) if member else self._enter(session, target)
 
     def _leave(self, session: Session, room: str) -> dict[str, Any]:
@@ -569,6 +654,12 @@ class Chat:
     def _who(self, session: Session, room: str, after: str | None, limit: int | None
              ) -> dict[str, Any]:
         target = self._room(room)
+        settings = target.access.settings
+        if session.rooms.get(fold(target.name)) is not target:
+            if self._banned(session, target):
+                raise ProtocolError("banned", f"You are banned from {target.name}")
+            if settings.closed or settings.secret:  # its members told to members only
+                raise ProtocolError("not_a_member", f"You are not in {room}")
         names, more = target.names.page(after, limit or P.LIST_PAGE_DEFAULT)
         return {"room": target.name, "members": names, "count": len(target.members),
                 "more": more}
@@ -630,15 +721,279 @@ class Chat:
                  limit: int | None) -> dict[str, Any]:
         target = self._membership(session, room)
         self._charge(session, 0, 0)  # in debt from earlier pages: wait
-        events, cut = _bounded(self.store.events(target.name, before=before, after=after,
-                                                 limit=limit or self.join_history),
-                               keep_newest=after is None)
+        since = self._since(session, target)
+        if after is not None and since:
+            after = max(after, since - 1)
+        events, cut = _bounded(self._visible(self.store.events(
+            target.name, before=before, after=after, limit=limit or self.join_history),
+            since), keep_newest=after is None)
         self._charged_after(session, events)
         reply = {"room": target.name, "events": events, "seq": target.seq,
                  "inc": self.incarnation}
         if cut:
             reply["cut"] = True  # shortened by the text cap, not the end of history
         return reply
+
+    # -- looking after a room: topic, settings, roles, invites, kicks, bans ---------------
+    # Who may do what is broker/rooms.py's table; the order of checks is the same for all:
+    # the room, your membership, your rank, what the request names, then the store.
+
+    def _subject(self, session: Session, room: str, text: str | None) -> dict[str, Any]:
+        target = self._membership(session, room)
+        settings = target.access.settings
+        if text is None:  # only read it
+            return {"room": target.name, "text": settings.subject,
+                    "by": settings.subject_set_by}
+        R.check("subject", target.name, self._rank(session, target), settings)
+        self._writing()
+        settings.subject, settings.subject_set_by = text, session.name or ""
+        self.store.save_room_settings(target.name, settings.dump())
+        seq = self._room_event(target, "subject", name=session.name, text=text)
+        return {"room": target.name, "text": text, "by": session.name, "seq": seq}
+
+    def _mode(self, session: Session, room: str, **changes: Any) -> dict[str, Any]:
+        target = self._membership(session, room)
+        return self._change_modes(target, self._rank(session, target), session.name or "",
+                                  changes)
+
+    def _role(self, session: Session, room: str, name: str, role: str) -> dict[str, Any]:
+        target = self._membership(session, room)
+        return self._set_role(target, self._rank(session, target), session.name or "",
+                              fold(session.name or ""), name, role)
+
+    def _invite(self, session: Session, room: str, name: str) -> dict[str, Any]:
+        target = self._membership(session, room)
+        R.check("invite", target.name, self._rank(session, target), target.access.settings)
+        invitee = self.users.get(fold(name))
+        registered = self.store.account(fold(name)) is not None
+        if invitee is None and not registered:
+            # An invite is the nickname's if it is registered, else its session's.
+            raise ProtocolError("no_such_user", f"No such user: {name}")
+        shown = invitee.name if invitee is not None and invitee.name else name
+        if registered:
+            self._writing()
+            self._store_invite(target, fold(name), shown, session.name or "")
+        else:
+            assert invitee is not None
+            invitee.invites.add(target)
+        if invitee is not None:
+            self._send(invitee, {"ev": "invited", "room": target.name, "by": session.name})
+        return {"room": target.name, "name": shown}
+
+    def _kick(self, session: Session, room: str, name: str, reason: str | None
+              ) -> dict[str, Any]:
+        target = self._membership(session, room)
+        rank = self._rank(session, target)
+        R.check("kick", target.name, rank, target.access.settings)
+        member = target.members.get(fold(name))
+        if member is None or member.name is None:
+            raise ProtocolError("not_in_room", f"{name} is not in {room}")
+        R.check_over("kick", target.name, rank, member.name, self._rank(member, target),
+                     member is session)
+        self._writing()
+        why = f"kicked by {session.name}" + (f": {reason}" if reason else "")
+        self._withdraw_invite(target, member)
+        self._eject(target, member, why)
+        log.info("%s kicked %s from %s", session.name, member.name, target.name)
+        return {"room": target.name, "name": member.name}
+
+    def _ban(self, session: Session, room: str, name: str, reason: str | None,
+             key: bool | None, duration: int | None) -> dict[str, Any]:
+        target = self._membership(session, room)
+        rank = self._rank(session, target)
+        access = target.access
+        R.check("ban", target.name, rank, access.settings)
+        holder = self.users.get(fold(name))
+        shown = holder.name if holder is not None and holder.name else name
+        R.check_over("ban", target.name, rank, shown, self._rank_of(target, name),
+                     fold(name) == fold(session.name or ""))
+        if key and holder is None:
+            raise ProtocolError("no_such_user", f"No such user: {name} (a key is banned "
+                                                f"only while its user is online)")
+        now = self.clock()
+        new = [R.Ban("name", fold(name), shown, session.name or "", reason or "",
+                     now + duration if duration else None)]
+        if key and holder is not None and holder.identity is not None:
+            new.append(R.Ban("key", holder.identity, shown, session.name or "",
+                             reason or "", new[0].until))
+        live = access.live_bans(now)
+        if len({(b.kind, b.who) for b in live} | {(b.kind, b.who) for b in new}) \
+                > P.BANS_MAX:
+            raise ProtocolError("too_many_bans", f"{target.name} holds {P.BANS_MAX} bans "
+                                                 f"already: lift some first")
+        self._writing()
+        for stale in [b for b in access.bans.values() if b not in live]:  # expired
+            del access.bans[(stale.kind, stale.who)]
+            self.store.revoke(target.name, "ban:" + stale.kind, stale.who)
+        for ban in new:
+            access.bans[(ban.kind, ban.who)] = ban
+            self.store.grant(target.name, "ban:" + ban.kind, ban.who, R.entry("ban", {
+                "name": ban.name, "by": ban.by, "reason": ban.reason, "until": ban.until}))
+        self.store.revoke(target.name, "invite", fold(name))
+        access.invites.pop(fold(name), None)
+        if holder is not None:
+            holder.invites.discard(target)
+        why = f"banned by {session.name}" + (f": {reason}" if reason else "")
+        # Out go the nickname and every session of a banned key, as a leave would.
+        for member in list(target.members.values()):
+            if access.ban_on(fold(member.name or ""), member.identity, now) is not None:
+                self._withdraw_invite(target, member)
+                self._eject(target, member, why)
+        log.info("%s banned %s from %s", session.name, shown, target.name)
+        return {"room": target.name, "name": shown, "bans": [b.shown() for b in new]}
+
+    def _unban(self, session: Session, room: str, name: str) -> dict[str, Any]:
+        target = self._membership(session, room)
+        R.check("unban", target.name, self._rank(session, target), target.access.settings)
+        return self._lift_bans(target, name)
+
+    def _bans(self, session: Session, room: str) -> dict[str, Any]:
+        target = self._membership(session, room)
+        R.check("bans", target.name, self._rank(session, target), target.access.settings)
+        return {"room": target.name,
+                "bans": [b.shown() for b in target.access.live_bans(self.clock())]}
+
+    def _change_modes(self, target: Room, rank: int, by: str, changes: dict[str, Any]
+                      ) -> dict[str, Any]:
+        settings = target.access.settings
+        changes = {k: v for k, v in changes.items() if v is not None
+                   and getattr(settings, k) != v}
+        if not changes:  # only read them (or nothing changes)
+            return {"room": target.name, "modes": settings.modes()}
+        R.check("mode", target.name, rank, settings)
+        self._writing()
+        for setting, value in changes.items():
+            setattr(settings, setting, value)
+        self.store.save_room_settings(target.name, settings.dump())
+        told = {k: (bool(v) if k == "key" else v) for k, v in changes.items()}
+        seq = self._room_event(target, "mode", name=by, **told)
+        return {"room": target.name, "modes": settings.modes(), "seq": seq}
+
+    def _set_role(self, target: Room, rank: int, by: str, actor: str | None, name: str,
+                  role: str) -> dict[str, Any]:
+        access = target.access
+        R.check("role", target.name, rank, access.settings)
+        holder = self.users.get(fold(name))
+        shown = holder.name if holder is not None and holder.name else name
+        if role != "member" and self.store.account(fold(name)) is None:
+            raise ProtocolError("not_registered", f"{name} is not registered: only a "
+                                                  f"registered nickname holds a role")
+        R.check_over("role", target.name, rank, shown, self._rank_of(target, name),
+                     fold(name) == actor)
+        current = access.roles.get(fold(name), ("member", ""))[0]
+        if current == "owner" and role != "owner" and rank < R.OPERATOR \
+                and access.owners() == [access.roles[fold(name)][1]]:
+            raise ProtocolError("last_owner", f"{target.name} needs an owner: make "
+                                              f"someone else its owner first")
+        if current == role and (holder is None or target not in holder.held):
+            return {"room": target.name, "name": shown, "role": role}
+        self._writing()
+        if holder is not None:
+            holder.held.pop(target, None)
+        if role == "member":
+            access.roles.pop(fold(name), None)
+            self.store.revoke(target.name, "role", fold(name))
+        else:
+            self._store_role(target, fold(name), shown, role)
+        self._settle_lifetime(target)
+        seq = self._room_event(target, "role", name=shown, role=role, by=by)
+        log.info("%s made %s %s of %s", by, shown, role, target.name)
+        return {"room": target.name, "name": shown, "role": role, "seq": seq}
+
+    def _lift_bans(self, target: Room, name: str) -> dict[str, Any]:
+        access = target.access
+        lifted = [b for b in access.bans.values()
+                  if (b.kind == "name" and b.who == fold(name))
+                  or (b.kind == "key" and fold(b.name) == fold(name))]
+        if not [b for b in lifted if b in access.live_bans(self.clock())]:
+            raise ProtocolError("not_banned", f"{name} is not banned from {target.name}")
+        self._writing()
+        for ban in lifted:
+            del access.bans[(ban.kind, ban.who)]
+            self.store.revoke(target.name, "ban:" + ban.kind, ban.who)
+        return {"room": target.name, "name": name, "lifted": len(lifted)}
+
+    def _may_enter(self, session: Session, room: Room, name: str, key: str | None) -> None:
+        """Does the room let this session in under this nickname (already known to be
+        the session's to take)?"""
+        folded = fold(name)
+        registered = self.store.account(folded) is not None
+        rank = room.access.rank(folded, registered, session.held.get(room))
+        invited = (registered and folded in room.access.invites) or room in session.invites
+        R.check_entry(room.name, room.access, rank, folded, session.identity, invited, key,
+                      self.clock())
+
+    def _banned(self, session: Session, room: Room) -> bool:
+        if not room.access.bans:
+            return False
+        return room.access.ban_on(fold(session.name) if session.name else None,
+                                  session.identity, self.clock()) is not None
+
+    def _rank(self, session: Session, room: Room) -> int:
+        """The session's rank in a room: by its nickname's role, or what it holds."""
+        if session.name is None:
+            return R.MEMBER
+        folded = fold(session.name)
+        return room.access.rank(folded, self.store.account(folded) is not None,
+                                session.held.get(room))
+
+    def _rank_of(self, room: Room, name: str) -> int:
+        holder = self.users.get(fold(name))
+        if holder is not None:
+            return self._rank(holder, room)
+        return room.access.rank(fold(name), self.store.account(fold(name)) is not None)
+
+    def _eject(self, room: Room, member: Session, reason: str) -> None:
+        """Remove a member exactly as a leave does (the event, then a new topic told to
+        the rest), and tell them, so their client stops following the room."""
+        self._remove_member(room, member, reason)
+        self._send(member, {"ev": "ejected", "room": room.name, "reason": reason})
+
+    def _withdraw_invite(self, room: Room, member: Session) -> None:
+        member.invites.discard(room)
+        if member.name is not None and room.access.invites.pop(fold(member.name), None):
+            self.store.revoke(room.name, "invite", fold(member.name))
+
+    def _store_role(self, room: Room, folded: str, shown: str, role: str) -> None:
+        room.access.roles[folded] = (role, shown)
+        self.store.grant(room.name, "role", folded, {"role": role, "name": shown})
+
+    def _store_invite(self, room: Room, folded: str, shown: str, by: str) -> None:
+        room.access.invites[folded] = shown
+        self.store.grant(room.name, "invite", folded, R.entry("invite", {"name": shown,
+                                                                           "by": by}))
+
+    def _stored_access(self, room: str) -> R.Access:
+        return R.Access.load(self.store.room_settings(room), self.store.room_access(room))
+
+    def _owners(self, room: Room) -> list[str]:
+        """Its registered owners, and those in it who own it for their session."""
+        held = [m.name for m in room.members.values() if m.held.get(room) == "owner" and m.name]
+        return sorted(set(room.access.owners()) | set(held))
+
+    def _kept(self, room: Room) -> bool:
+        """Is an empty room kept past room_lifetime (until owned_room_lifetime)? Yes while
+        a registered nickname owns it (stored roles are only held by registered ones)."""
+        return bool(room.access.owners())
+
+    def _settle_lifetime(self, room: Room) -> None:
+        """An empty room whose ownership changed: an owned one no more goes as any other
+        (from when it emptied); a newly owned one is kept longer when its time comes."""
+        name = fold(room.name)
+        if room.members or name in self._empty:
+            return
+        since = self._owned_empty.pop(name, None)
+        self._empty[name] = since if since is not None else self.clock()
+
+    def _since(self, session: Session, room: Room) -> int:
+        """The first seq of the room's history this member may read (0: all of it)."""
+        if room.access.settings.history != "joined":
+            return 0
+        return session.joined.get(fold(room.name), room.seq + 1)
+
+    @staticmethod
+    def _visible(events: list[dict[str, Any]], since: int) -> list[dict[str, Any]]:
+        return [e for e in events if e["seq"] >= since] if since else events
 
     # -- the rules behind the commands ----------------------------------------------------
 
@@ -737,16 +1092,19 @@ class Chat:
         log.info("%s logged in", name) if old is None else log.info("%s is now %s", old, name)
 
     def _name_for_entry(self, session: Session, name: str | None, entering: bool = True,
-                        budget: Callable[[list[tuple[str, object]]], None] | None = None
-                        ) -> str:
-        """Check, then settle, the nickname a session enters a room with; ``budget`` is
-        spent last of the checks (a refused request spends none)."""
+                        budget: Callable[[list[tuple[str, object]]], None] | None = None,
+                        admit: Callable[[str], None] | None = None) -> str:
+        """Check, then settle, the nickname a session enters a room with: ``admit``
+        checks the room lets that nickname in (once it is known to be the session's);
+        ``budget`` is spent last of the checks (a refused request spends none)."""
         if entering and len(session.rooms) >= P.ROOMS_PER_MEMBER_MAX:
             raise ProtocolError("too_many_rooms",
                                 f"You are in {P.ROOMS_PER_MEMBER_MAX} rooms already")
         if name is None:
             name = session.name or self._guest_name()
         self._check_name(session, name)
+        if admit is not None:
+            admit(name)
         if budget is not None:
             budget(_sources(session))
         self._take_name(session, name)
@@ -777,18 +1135,28 @@ class Chat:
         room.names.add(session.name)
         session.rooms[fold(room.name)] = room
         self._empty.pop(fold(room.name), None)
-        self._room_event(room, "join", name=session.name)
+        self._owned_empty.pop(fold(room.name), None)
+        session.joined[fold(room.name)] = self._room_event(room, "join", name=session.name)
         return self._welcome(session, room)
 
     def _welcome(self, session: Session, room: Room) -> dict[str, Any]:
         """What a member needs to follow a room: its topic, members and recent history."""
-        history, cut = _bounded(self.store.events(room.name, limit=self.join_history),
-                                keep_newest=True)
+        since = self._since(session, room)
+        history, cut = _bounded(self._visible(
+            self.store.events(room.name, limit=self.join_history), since), keep_newest=True)
         self._charged_after(session, history)
         members, more = room.names.page(None, P.LIST_PAGE_DEFAULT)
         welcome = {"room": room.name, "name": session.name, "topic": room.topic,
                    "seq": room.seq, "inc": self.incarnation, "members": members,
                    "count": len(room.members), "history": history}
+        settings = room.access.settings
+        if settings.subject:
+            welcome["subject"] = settings.subject
+        if since:
+            welcome["since"] = since  # history before it is not yours to read
+        rank = self._rank(session, room)
+        if rank > R.MEMBER:
+            welcome["role"] = R.ROLE_NAMES[rank]
         if more:
             welcome["more"] = True  # the rest of the members: page with who
         if cut:
@@ -800,6 +1168,7 @@ class Chat:
         del room.members[fold(session.name)]
         room.names.remove(session.name)
         del session.rooms[fold(room.name)]
+        session.joined.pop(fold(room.name), None)
         if not room.members:
             self._empty[fold(room.name)] = self.clock()
         rekey = {"ev": "rekey", "room": room.name, "topic": "", "seq": 0}
@@ -853,6 +1222,7 @@ class Chat:
         del self.rooms[fold(room.name)]
         self._room_names.remove(room.name)
         self._empty.pop(fold(room.name), None)
+        self._owned_empty.pop(fold(room.name), None)
         del self.topics[room.topic]
 
     def _rotate_topic(self, room: Room) -> None:

@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--room-lifetime", type=float, default=P.EMPTY_ROOM_LIFETIME,
                    metavar="SECONDS", help="how long a room may stay empty before it is "
                    "removed with its history (default %(default)g: a week)")
+    p.add_argument("--owned-room-lifetime", type=float, default=P.OWNED_ROOM_LIFETIME,
+                   metavar="SECONDS", help="the same for a room a registered nickname "
+                   "owns (default %(default)g: a year)")
     p.add_argument("--room-quota", type=int, default=P.ROOM_HISTORY_MAX, metavar="CHARS",
                    help="characters of history a room may keep (default %(default)s)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
@@ -110,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     chat = Chat(store, max_clients=args.max_clients, join_history=args.history,
                 rate=args.rate, burst=args.burst, delivery_rate=args.delivery_rate,
                 delivery_burst=args.delivery_burst, room_lifetime=args.room_lifetime,
+                owned_room_lifetime=args.owned_room_lifetime,
                 room_quota=args.room_quota,
                 route_check=keys.RouteCheck(secret) if secret is not None else None)
     ctx = zmq.Context()

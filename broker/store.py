@@ -75,6 +75,14 @@ class Store(Protocol):
     def drop_account(self, name: str) -> None: ...
     def room_size(self, room: str) -> int: ...  # bytes of its stored events
     def accounts_of(self, key: str) -> int: ...
+    # What people set up to look after a room (broker/rooms.py): its settings, and its
+    # access entries, each (kind, who, body): roles, invites and bans.
+    def room_settings(self, room: str) -> dict[str, Any]: ...
+    def save_room_settings(self, room: str, settings: dict[str, Any]) -> None: ...
+    def room_access(self, room: str) -> list[tuple[str, str, dict[str, Any]]]: ...
+    def grant(self, room: str, kind: str, who: str, body: dict[str, Any]) -> None: ...
+    def revoke(self, room: str, kind: str, who: str) -> None: ...
+    def revoke_everywhere(self, kinds: tuple[str, ...], who: str) -> None: ...
     def commit(self) -> None: ...
     def close(self) -> None: ...
 
@@ -98,6 +106,19 @@ CREATE TABLE IF NOT EXISTS accounts (
     salt   BLOB,
     pwhash BLOB
 );
+-- Added with room ownership: a store made before gains these tables, empty, at start.
+CREATE TABLE IF NOT EXISTS room_settings (
+    room TEXT PRIMARY KEY,
+    body BLOB NOT NULL  -- msgpack map: invite, key, secret, subject, history, ...
+);
+CREATE TABLE IF NOT EXISTS room_access (
+    room TEXT NOT NULL,
+    kind TEXT NOT NULL,  -- "role", "invite", "ban:name", "ban:key"
+    who  TEXT NOT NULL,  -- a nickname's fold, or a key (z85)
+    body BLOB NOT NULL,  -- msgpack map: the role, or who banned, why, until when
+    PRIMARY KEY (room, kind, who)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS room_access_who ON room_access (who);
 CREATE INDEX IF NOT EXISTS events_origin ON events (origin) WHERE origin IS NOT NULL;
 CREATE INDEX IF NOT EXISTS accounts_key ON accounts (key) WHERE key IS NOT NULL;
 """
@@ -216,6 +237,8 @@ class SqliteStore:
     def drop_room(self, name: str) -> None:
         self._flush()
         self._write("DELETE FROM events WHERE room = ?", (name,))
+        self._write("DELETE FROM room_settings WHERE room = ?", (name,))
+        self._write("DELETE FROM room_access WHERE room = ?", (name,))
         self._write("DELETE FROM rooms WHERE name = ?", (name,))
 
     def append(self, room: str, seq: int, event: dict[str, Any],
@@ -275,6 +298,33 @@ class SqliteStore:
         (count,) = self._db.execute("SELECT COUNT(*) FROM accounts WHERE key = ?",
                                     (key,)).fetchone()
         return count
+
+    def room_settings(self, room: str) -> dict[str, Any]:
+        row = self._db.execute("SELECT body FROM room_settings WHERE room = ?",
+                               (room,)).fetchone()
+        return msgpack.unpackb(row[0]) if row else {}
+
+    def save_room_settings(self, room: str, settings: dict[str, Any]) -> None:
+        self._write("INSERT OR REPLACE INTO room_settings VALUES (?, ?)",
+                    (room, msgpack.packb(settings, use_bin_type=True)))
+
+    def room_access(self, room: str) -> list[tuple[str, str, dict[str, Any]]]:
+        rows = self._db.execute("SELECT kind, who, body FROM room_access WHERE room = ?"
+                                " ORDER BY kind, who", (room,))
+        return [(kind, who, msgpack.unpackb(body)) for kind, who, body in rows]
+
+    def grant(self, room: str, kind: str, who: str, body: dict[str, Any]) -> None:
+        self._write("INSERT OR REPLACE INTO room_access VALUES (?, ?, ?, ?)",
+                    (room, kind, who, msgpack.packb(body, use_bin_type=True)))
+
+    def revoke(self, room: str, kind: str, who: str) -> None:
+        self._write("DELETE FROM room_access WHERE room = ? AND kind = ? AND who = ?",
+                    (room, kind, who))
+
+    def revoke_everywhere(self, kinds: tuple[str, ...], who: str) -> None:
+        """Forget what ``who`` was given in every room (a released nickname's roles)."""
+        self._write(f"DELETE FROM room_access WHERE who = ? AND kind IN "
+                    f"({', '.join('?' * len(kinds))})", (who, *kinds))
 
     def commit(self) -> None:
         """Commit the turn, or raise StoreError having stored none of it."""

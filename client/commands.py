@@ -66,6 +66,7 @@ class Spec:
     usage: str
     doc: str
     parse: Callable[[str, str | None], Command] = field(repr=False)
+    details: str = ""  # more for /help COMMAND
 
 
 def _words(rest: str) -> list[str]:
@@ -112,13 +113,19 @@ def _identify(rest: str, room: str | None) -> Command:
 def _enter(cmd: str) -> Callable[[str, str | None], Command]:
     def parse(rest: str, room: str | None) -> Command:
         words = _words(rest)
+        key = None
+        if cmd == "join" and len(words) >= 2 and words[-1].startswith("key="):
+            key = words.pop()[4:]  # a keyed room: /join ROOM [NAME] key=KEY
+            if not P.is_room_key(key):
+                return Refused("invalid_command", f"A room key is 1 to {P.ROOM_KEY_MAX} "
+                                                  f"characters, no spaces")
         if not 1 <= len(words) <= 2:
             return INVALID
         if not P.is_room_name(words[0]):
             return BAD_ROOM
         if len(words) == 2 and not P.is_nickname(words[1]):
             return BAD_USERNAME
-        return send(cmd, room=words[0], name=words[1] if len(words) == 2 else None)
+        return send(cmd, room=words[0], name=words[1] if len(words) == 2 else None, key=key)
     return parse
 
 
@@ -245,6 +252,96 @@ def _history(rest: str, room: str | None) -> Command:
     return Local("history", int(words[0]) if words else 20)
 
 
+# --- looking after a room (its moderators' commands, in the current room) ---------------
+
+
+def _in_room(parse: Callable[[str, str], Command]) -> Callable[[str, str | None], Command]:
+    def checked(rest: str, room: str | None) -> Command:
+        return NO_ROOM if room is None else parse(rest, room)
+    return checked
+
+
+def _topic(rest: str, room: str) -> Command:
+    text = rest.strip()
+    if text == "--clear":
+        return send("subject", room=room, text="")
+    if not P.is_subject(text):
+        return Refused("bad_message", f"A topic is at most {P.SUBJECT_MAX} printable "
+                                      f"characters")
+    return send("subject", room=room, text=text or None)  # alone: show it
+
+
+_SWITCH = {"on": True, "off": False}
+# /mode SETTING VALUE: each setting, the field it sets, and its values.
+_MODES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "invite": ("invite", _SWITCH.get),
+    "secret": ("secret", _SWITCH.get),
+    "key": ("key", lambda v: "" if v == "off" else v if P.is_room_key(v) else None),
+    "topic": ("subject_by", lambda v: v if v in P.SUBJECT_SETTERS else None),
+    "history": ("history", lambda v: v if v in P.HISTORY_VISIBILITY else None),
+}
+
+
+def _mode(rest: str, room: str) -> Command:
+    words = _words(rest)
+    if not words:
+        return send("mode", room=room)  # show the room's settings
+    if len(words) != 2 or words[0].lower() not in _MODES:
+        return INVALID
+    field_name, value_of = _MODES[words[0].lower()]
+    value = value_of(words[1])
+    if value is None:
+        return INVALID
+    return send("mode", room=room, **{field_name: value})
+
+
+def _target(cmd: str, **fields: Any) -> Callable[[str, str], Command]:
+    def parse(rest: str, room: str) -> Command:
+        words = _words(rest)
+        if len(words) != 1:
+            return INVALID
+        if not P.is_nickname(words[0]):
+            return BAD_USERNAME
+        return send(cmd, room=room, name=words[0], **fields)
+    return parse
+
+
+_DURATION = re.compile(r"(\d{1,6})([smhd])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _kick(rest: str, room: str) -> Command:
+    name, reason = _split_text(rest)
+    if not name:
+        return INVALID
+    if not P.is_nickname(name):
+        return BAD_USERNAME
+    if not P.is_reason(reason):
+        return Refused("bad_reason")
+    return send("kick", room=room, name=name, reason=reason or None)
+
+
+def _ban(rest: str, room: str) -> Command:
+    """``/ban NAME [DURATION] [REASON]``: the nickname, and its key if they are online."""
+    name, reason = _split_text(rest)
+    if not name:
+        return INVALID
+    if not P.is_nickname(name):
+        return BAD_USERNAME
+    first, _, more = reason.partition(" ")
+    found = _DURATION.fullmatch(first)
+    duration = None
+    if found:
+        duration = int(found[1]) * _SECONDS[found[2]]
+        reason = more.strip()
+        if not 0 < duration <= P.BAN_DURATION_MAX:
+            return INVALID
+    if not P.is_reason(reason):
+        return Refused("bad_reason")
+    return send("ban", room=room, name=name, reason=reason or None, key=True,
+                duration=duration)
+
+
 def _local(action: str) -> Callable[[str, str | None], Command]:
     def parse(rest: str, room: str | None) -> Command:
         if action == "help":
@@ -267,7 +364,8 @@ COMMANDS: tuple[Spec, ...] = (
     Spec(("rooms", "ls"), "/rooms", "rooms and their member counts", _no_args("rooms")),
     Spec(("list",), "/list", "users and rooms", _list),
     Spec(("create",), "/create ROOM [NAME]", "create a room and enter it", _enter("create")),
-    Spec(("join", "j"), "/join ROOM [NAME]", "enter a room (or make it current)",
+    Spec(("join", "j"), "/join ROOM [NAME] [key=KEY]",
+         "enter a room (or make it current); key=KEY if it needs one",
          _enter("join")),
     Spec(("leave", "part"), "/leave [ROOM]", "leave the current or named room",
          _room_or_current("leave")),
@@ -289,6 +387,29 @@ COMMANDS: tuple[Spec, ...] = (
     Spec(("me",), "/me ACTION", "describe what you do, in the current room", _me),
     Spec(("history",), "/history [N]", "the last N messages of this room, oldest first",
          _history),
+    Spec(("topic",), "/topic [TEXT]",
+         "set this room's topic (alone: show it; --clear: remove it)", _in_room(_topic)),
+    Spec(("mode",), "/mode [SETTING VALUE]",
+         "show or change this room's settings (/help mode)",
+         _in_room(_mode),
+         "settings: invite on|off, key KEY|off, secret on|off, topic moderators|anyone, "
+         "history shared|joined"),
+    Spec(("invite",), "/invite NAME", "let NAME into this room (invite-only or keyed)",
+         _in_room(_target("invite"))),
+    Spec(("kick",), "/kick NAME [REASON]", "remove NAME from this room (moderators)",
+         _in_room(_kick)),
+    Spec(("ban",), "/ban NAME [DURATION] [REASON]",
+         "keep NAME and their key out, for 30m, 2h, 7d... or for good", _in_room(_ban)),
+    Spec(("unban",), "/unban NAME", "let NAME back into this room", _in_room(_target("unban"))),
+    Spec(("bans",), "/bans", "who is banned from this room",
+         _in_room(lambda rest, room: send("bans", room=room) if not rest.strip()
+                  else INVALID)),
+    Spec(("op",), "/op NAME", "make NAME a moderator of this room (owners)",
+         _in_room(_target("role", role="moderator"))),
+    Spec(("deop",), "/deop NAME", "take NAME's role in this room away (owners)",
+         _in_room(_target("role", role="member"))),
+    Spec(("owner",), "/owner NAME", "make NAME an owner of this room too (owners)",
+         _in_room(_target("role", role="owner"))),
     Spec(("help", "commands"), "/help [COMMAND]", "this list, or one command's usage",
          _local("help")),
     Spec(("quit", "exit"), "/quit", "leave the chat", _local("quit")),
@@ -381,7 +502,8 @@ def help_text(topic: str | None = None) -> list[str]:
         if spec is None:
             return [f"No such command: {topic}"]
         aliases = ", ".join("/" + n for n in spec.names[1:])
-        return [f"{spec.usage}  {spec.doc}" + (f" (also {aliases})" if aliases else "")]
+        return [f"{spec.usage}  {spec.doc}" + (f" (also {aliases})" if aliases else "")] \
+            + ([f"  {spec.details}"] if spec.details else [])
     width = max(len(s.usage) for s in COMMANDS)
     return (["Commands (in the lobby the slash is optional; in a room, plain text is said "
              "to the room, except a lobby command alone, such as leave: /say says it):"]

@@ -184,6 +184,7 @@ class RoomView:
     catching_up: int | None = None  # id of the outstanding catch-up request
     held: dict[int, dict[str, Any]] = field(default_factory=dict)  # early events
     members: list[str] = field(default_factory=list)  # as of ``seq``, in join order
+    key: str | None = None  # the room key we joined with, to join again on resuming
 
 
 @dataclass(frozen=True)
@@ -531,6 +532,8 @@ class Connection:
             self.name = None
         elif pending.cmd in ("create", "join"):
             replay = self._entered(reply)
+            if isinstance(pending.args.get("key"), str) and reply["room"] in self.rooms:
+                self.rooms[reply["room"]].key = pending.args["key"]
         elif pending.cmd == "leave":
             self._forget_room(reply["room"])
         elif pending.cmd == "who" and reply.get("room") in self.rooms:
@@ -700,8 +703,8 @@ class Connection:
             if self.name is not None:
                 args = {"name": self.name, "password": self._password}
                 self._pending[self._send("login", args)] = _Pending("login", args, "resume")
-            for room in self.rooms:
-                args = {"room": room, "name": self.name}
+            for room, view in self.rooms.items():
+                args = {"room": room, "name": self.name, "key": view.key}
                 self._pending[self._send("join", args)] = _Pending("join", args, "resume")
             for rid, waiting in sorted(self._pending.items()):
                 if waiting.purpose in ("user", "scrollback"):
@@ -728,6 +731,9 @@ class Connection:
                 return
             if reply["seq"] < view.seq:
                 view.seq = reply["seq"]  # killed and made anew while we were away
+            since = reply.get("since")
+            if isinstance(since, int) and since - 1 > view.seq:
+                view.seq = since - 1  # the room shows joiners only what follows their join
             view.members = _str_list(reply.get("members"))
             if reply["topic"] != view.topic:
                 self.sub.setsockopt(zmq.UNSUBSCRIBE, view.topic)

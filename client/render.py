@@ -8,6 +8,7 @@ around theirs with a bidi override.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -67,6 +68,51 @@ def _nick(d: dict[str, Any]) -> list[str]:
     return [_room_line(d, f"{clean(d.get('old'))} is now known as {clean(d.get('name'))}")]
 
 
+def _subject(d: dict[str, Any]) -> list[str]:
+    text = d.get("text")
+    return [_room_line(d, f"{clean(d.get('name'))} set the topic: {clean(text)}" if text
+                       else f"{clean(d.get('name'))} cleared the topic")]
+
+
+def _modes(d: dict[str, Any]) -> str:
+    """Settings as people say them: invite-only, key, secret, who sets the topic..."""
+    words = []
+    for setting, value in d.items():
+        if setting == "invite":
+            words.append("invite-only" if value else "open to all")
+        elif setting == "key":
+            words.append("needs a key" if value else "no key")
+        elif setting == "secret":
+            words.append("secret" if value else "listed")
+        elif setting == "subject_by":
+            words.append(f"topic set by {clean(value)}")
+        elif setting == "history":
+            words.append("history shared with joiners" if value == "shared"
+                         else "history from one's join only")
+    return ", ".join(words)
+
+
+def _mode(d: dict[str, Any]) -> list[str]:
+    changed = {k: v for k, v in d.items()
+               if k in ("invite", "key", "secret", "subject_by", "history")}
+    return [_room_line(d, f"{clean(d.get('name'))} made the room {_modes(changed)}")]
+
+
+def _role(d: dict[str, Any]) -> list[str]:
+    role = d.get("role")
+    what = "no longer has a role" if role == "member" else f"is now {clean(role)}"
+    return [_room_line(d, f"{clean(d.get('name'))} {what} (by {clean(d.get('by'))})")]
+
+
+def _ban_line(b: dict[str, Any]) -> str:
+    what = "key of " if b.get("kind") == "key" else ""
+    until = b.get("until")
+    when = (f" until {time.strftime('%Y-%m-%d %H:%M', time.localtime(until))}"
+            if isinstance(until, (int, float)) else "")
+    why = f": {clean(b.get('reason'))}" if b.get("reason") else ""
+    return f"{what}{clean(b.get('name'))} by {clean(b.get('by'))}{when}{why}"
+
+
 def _dm(d: dict[str, Any]) -> list[str]:
     to = d.get("to") or []
     marker = f"(group {_names(to)}) " if len(to) > 1 else ""
@@ -88,13 +134,20 @@ def _reply(d: dict[str, Any]) -> list[str]:
         rooms = d.get("rooms") or []
         if not rooms:
             return ["No rooms"]
-        listed = ", ".join(f"{clean(r['room'])} ({_plural(r['count'], 'member')})"
-                           for r in rooms)
+        listed = ", ".join(
+            f"{clean(r.get('room'))} (closed)" if "count" not in r else
+            f"{clean(r.get('room'))} ({_plural(r['count'], 'member')})"
+            + (f" - {clean(r['subject'])}" if r.get("subject") else "") for r in rooms)
         return [f"Rooms ({len(rooms)}): {listed}"]
     if cmd in ("create", "join"):
         verb = "Created and joined" if cmd == "create" else "Joined"
-        return [f"{verb} {clean(d['room'])} as {clean(d['name'])} "
-                f"(members: {_names(d.get('members'))})"]
+        lines = [f"{verb} {clean(d['room'])} as {clean(d['name'])} "
+                 f"(members: {_names(d.get('members'))})"]
+        if d.get("role"):
+            lines.append(f"You are {clean(d['role'])} of {clean(d['room'])}")
+        if d.get("subject"):
+            lines.append(f"Topic of {clean(d['room'])}: {clean(d['subject'])}")
+        return lines
     if cmd == "leave":
         return [f"Left {clean(d['room'])}"]
     if cmd == "who":
@@ -110,7 +163,27 @@ def _reply(d: dict[str, Any]) -> list[str]:
     if cmd == "broadcast":
         return [f"(broadcast to {_plural(d.get('count', 0), 'user')}) "
                 f"{clean(d.get('text', ''))}".rstrip()]
-    return []  # say, ping, bye: a chat line needs no confirmation
+    if cmd == "subject" and "seq" not in d:  # read: a change is told by its event
+        return [f"Topic of {clean(d.get('room'))}: {clean(d['text'])} (set by "
+                f"{clean(d.get('by'))})" if d.get("text")
+                else f"{clean(d.get('room'))} has no topic"]
+    if cmd == "mode" and "seq" not in d:
+        return [f"{clean(d.get('room'))} is {_modes(d.get('modes') or {})}"]
+    if cmd == "invite":
+        return [f"Invited {clean(d.get('name'))} into {clean(d.get('room'))}"]
+    if cmd == "kick":
+        return [f"Kicked {clean(d.get('name'))} from {clean(d.get('room'))}"]
+    if cmd == "ban":
+        return [f"Banned from {clean(d.get('room'))}: {_ban_line(b)}"
+                for b in d.get("bans") or ()]
+    if cmd == "unban":
+        return [f"Lifted the bans on {clean(d.get('name'))} in {clean(d.get('room'))}"]
+    if cmd == "bans":
+        bans = d.get("bans") or []
+        return ([f"Bans of {clean(d.get('room'))} ({len(bans)}):"]
+                + [f"  {_ban_line(b)}" for b in bans]) if bans \
+            else [f"Nobody is banned from {clean(d.get('room'))}"]
+    return []  # say, ping, bye, changes told by their event: no confirmation needed
 
 
 def _history(d: dict[str, Any]) -> list[str]:
@@ -128,6 +201,11 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "join": _join,
     "leave": _leave,
     "nick": _nick,
+    "subject": _subject,
+    "mode": _mode,
+    "role": _role,
+    "invited": lambda d: [f"{clean(d.get('by'))} invited you into {clean(d.get('room'))}: "
+                          f"/join {clean(d.get('room'))}"],
     "dm": _dm,
     "whisper": lambda d: [f"(whisper) {clean(d.get('from'))}: {clean(d.get('text'))}"],
     "broadcast": lambda d: [f"(broadcast) {clean(d.get('from'))}: {clean(d.get('text'))}"],

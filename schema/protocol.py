@@ -74,12 +74,21 @@ REGISTRATIONS_PER_KEY = 3  # nicknames one key may hold
 REGISTRATIONS_PER_HOUR = 10  # nicknames registered per key and per address
 ROOMS_CREATED_PER_HOUR = 120  # per key and per address
 EMPTY_ROOM_LIFETIME = 7 * 24 * 3600.0  # seconds a room may stay empty before it goes
+OWNED_ROOM_LIFETIME = 365 * 24 * 3600.0  # ...if a registered nickname owns it
 # Disk one source may fill: characters of history it stores, a burst then a steady rate
 # (a person typing fast all day stores a few megabytes), and characters one room keeps.
 STORE_BURST = 4_000_000
 STORE_RATE = 200.0  # characters a second: 17 million a day
 ROOM_HISTORY_MAX = 256 << 20  # characters of a room's stored history
 MEMBERS_SHOWN = 20  # members named per room in the operator's ls
+# Rooms people own and protect (broker/rooms.py has the rules).
+SUBJECT_MAX = 300  # characters of a room's topic as people read it (wire: "subject")
+ROOM_KEY_MAX = 64  # characters of a room key, needed to join a keyed room
+BAN_DURATION_MAX = 10 * 365 * 24 * 3600  # seconds a ban may last; none given: for good
+BANS_MAX = 500  # bans one room may hold (bans lists them in one reply)
+ROLES = ("owner", "moderator", "member")  # a member has no role: "member" takes it away
+HISTORY_VISIBILITY = ("shared", "joined")  # joiners see earlier history, or from their join
+SUBJECT_SETTERS = ("moderators", "anyone")  # who may set the room's subject
 
 HEARTBEAT_INTERVAL = 1.0  # seconds between client pings
 PEER_TIMEOUT = 4.0  # a client silent this long is gone; a broker silent this long is dead
@@ -120,6 +129,14 @@ ERRORS: dict[str, str] = {
     "too_many_registrations": "Too many registrations",
     "not_registered": "Nickname is not registered",
     "quota_exceeded": "Storage quota exceeded",
+    "not_permitted": "You may not do that in this room",
+    "outranked": "They rank as high as you in this room",
+    "last_owner": "A room needs an owner",
+    "invite_only": "That room is invite-only",
+    "key_needed": "That room needs a key",
+    "banned": "You are banned from that room",
+    "not_banned": "Nobody by that name is banned",
+    "too_many_bans": "Too many bans",
 }
 
 
@@ -175,6 +192,16 @@ def is_reason(value: str) -> bool:
     return len(value) <= REASON_MAX and value.isprintable()
 
 
+def is_subject(value: str) -> bool:
+    """A room's topic as people read it; the empty string clears it."""
+    return len(value) <= SUBJECT_MAX and value.isprintable()
+
+
+def is_room_key(value: str) -> bool:
+    """A room key: 1..64 printable characters, no spaces (typed after ``key=``)."""
+    return 0 < len(value) <= ROOM_KEY_MAX and value.isprintable() and " " not in value
+
+
 # --- Fields and kinds --------------------------------------------------------------------
 
 
@@ -224,6 +251,32 @@ PASSWORD = Field("password", str, required=False, rule=is_password, error="bad_p
                  doc=f"{PASSWORD_MIN}..{PASSWORD_MAX} characters (optional)")
 REASON = Field("reason", str, required=False, rule=is_reason, error="bad_reason",
                doc="why (optional, shown to those affected)")
+ROOM_KEY = Field("key", str, required=False, rule=is_room_key,
+                 doc=f"the room's key, 1..{ROOM_KEY_MAX} characters, no spaces (optional)")
+TARGET = Field("name", str, rule=is_nickname, error="bad_username",
+               doc="the nickname acted on")
+
+
+def _duration(value: int) -> bool:
+    return 0 < value <= BAN_DURATION_MAX
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+# The settings of a room (mode): each optional; a mode request without any reads them.
+MODE_FIELDS = (
+    Field("invite", bool, required=False, doc="invite-only: only the invited may join"),
+    Field("key", str, required=False, rule=lambda v: v == "" or is_room_key(v),
+          doc="a key needed to join; the empty string removes it"),
+    Field("secret", bool, required=False, doc="left out of rooms listings for non-members"),
+    Field("subject_by", str, required=False, rule=_one_of(SUBJECT_SETTERS),
+          doc="who may set the subject: moderators or anyone in the room"),
+    Field("history", str, required=False, rule=_one_of(HISTORY_VISIBILITY),
+          doc="shared: joiners see earlier history; joined: only from their join"),
+)
+ROLE = Field("role", str, rule=_one_of(ROLES), doc="owner, moderator, or member (no role)")
 # Paging of listings: names sort as strings; a page holds those after "after".
 AFTER = Field("after", str, required=False, rule=lambda v: len(v) <= ROOM_MAX,
               doc="list only names sorting after this one (the last of the previous page)")
@@ -260,7 +313,8 @@ CLIENT_REQUESTS = _kinds(
     Kind("users", (AFTER, LIMIT), "list logged-in users, a page at a time"),
     Kind("rooms", (AFTER, LIMIT), "list rooms with their member counts, a page at a time"),
     Kind("create", (ROOM, OPT_NICK), "create a room and enter it"),
-    Kind("join", (ROOM, OPT_NICK), "enter a room; the reply carries its topic and history"),
+    Kind("join", (ROOM, OPT_NICK, ROOM_KEY),
+         "enter a room; the reply carries its topic and history"),
     Kind("leave", (ROOM,), "leave a room"),
     Kind("who", (ROOM, AFTER, LIMIT), "list a room's members, a page at a time"),
     Kind("say", (ROOM, TEXT, Field("me", bool, required=False, doc="an action (/me)")),
@@ -277,6 +331,23 @@ CLIENT_REQUESTS = _kinds(
         Field("after", int, required=False, rule=_seq, doc="only events with seq > after"),
         Field("limit", int, required=False, rule=_page, doc="1..200, default 50"),
     ), "page through a room's stored events"),
+    Kind("subject", (ROOM, Field("text", str, required=False, rule=is_subject,
+                                 error="bad_message",
+                                 doc=f"0..{SUBJECT_MAX} printable characters; empty "
+                                     f"clears it; absent: only read it")),
+         "read or set a room's topic (its subject on the wire)"),
+    Kind("mode", (ROOM, *MODE_FIELDS), "read or change a room's settings"),
+    Kind("role", (ROOM, TARGET, ROLE), "make someone an owner or moderator, or neither"),
+    Kind("invite", (ROOM, TARGET), "let one person into an invite-only or keyed room"),
+    Kind("kick", (ROOM, TARGET, REASON), "remove a member from a room"),
+    Kind("ban", (ROOM, TARGET, REASON,
+                 Field("key", bool, required=False,
+                       doc="ban their key too (they must be online)"),
+                 Field("duration", int, required=False, rule=_duration,
+                       doc="seconds the ban lasts; absent: until unbanned")),
+         "ban a nickname (and its key) from a room, removing them if in it"),
+    Kind("unban", (ROOM, TARGET), "lift the bans on a nickname (and on keys banned with it)"),
+    Kind("bans", (ROOM,), "list a room's bans"),
     Kind("away", (Field("text", str, required=False,
                         rule=lambda v: 0 < len(v) <= AWAY_MAX and v.isprintable(),
                         error="bad_message", doc="why you are away; absent: you are back"),),
@@ -292,6 +363,11 @@ ADMIN_REQUESTS = _kinds(
     Kind("kick", (NICK, REASON), "disconnect a user's session"),
     Kind("stats", (), "uptime, clients, rooms, messages in and out"),
     Kind("release", (NICK,), "forget a registered nickname, so anyone may take it"),
+    # Operators override any owner: the same rules, with a rank above every owner.
+    Kind("role", (ROOM, TARGET, ROLE), "give or take a role in a room"),
+    Kind("mode", (ROOM, *MODE_FIELDS), "read or change a room's settings"),
+    Kind("unban", (ROOM, TARGET), "lift the bans on a nickname in a room"),
+    Kind("bans", (ROOM,), "list a room's bans"),
 )
 
 # Events the broker sends without being asked (ROUTER, to one client).
@@ -302,6 +378,7 @@ DIRECT_EVENTS = {
     "ejected": "you were removed from a room: room, reason",
     "rekey": "a room's topic changed (someone left): room, topic, seq",
     "kicked": "the operator ended your session: reason",
+    "invited": "a moderator invited you into a room: room, by",
     "shutdown": "the broker is stopping: reason",
 }
 
@@ -311,6 +388,11 @@ ROOM_EVENTS = {
     "join": "a member entered: room, seq, name, ts",
     "nick": "a member changed nickname: room, seq, name (the new one), old, ts",
     "leave": "a member left: room, seq, name, ts, reason (optional)",
+    "subject": "the room's topic was set: room, seq, name (who set it), text, ts",
+    "mode": "the room's settings changed: room, seq, name (who), ts, and each setting "
+            "changed (invite, key (true/false: never the key itself), secret, subject_by, "
+            "history)",
+    "role": "a role was given or taken: room, seq, name, role, by, ts",
 }
 # Published but not sequenced: tells subscribers the room's latest seq.
 ROOM_TICK = "tick"

@@ -41,7 +41,8 @@ def test_ls_lists_rooms_with_member_counts_and_members(broker, clients):
         ("den", 1, ["bob"]), ("lounge", 2, ["alice", "bob"])]
     done = admin(broker.control, "ls")
     assert done.returncode == 0
-    assert done.stdout.splitlines() == ["den  1 member: bob", "lounge  2 members: alice, bob"]
+    assert done.stdout.splitlines() == ["den  1 member: bob  owners: bob",
+                                     "lounge  2 members: alice, bob  owners: alice"]
 
 
 def test_users_lists_each_user_with_their_rooms(broker, clients):

@@ -819,10 +819,14 @@ def test_admin_ls_lists_rooms_with_counts_members_seq_and_creator(lounge):
     reply, out = admin(chat, "ls")
     assert out == []
     assert reply["ok"]
+    open_room = {"modes": {"invite": False, "key": False, "secret": False,
+                           "subject_by": "moderators", "history": "shared"},
+                 "moderators": [], "subject": ""}
     assert reply["rooms"] == [
-        {"room": "attic", "count": 1, "members": ["dave"], "seq": 1, "creator": "dave"},
+        {"room": "attic", "count": 1, "members": ["dave"], "seq": 1, "creator": "dave",
+         "owners": ["dave"], **open_room},  # unregistered: owned for the session
         {"room": "lounge", "count": 3, "members": ["alice", "bob", "carol"], "seq": 3,
-         "creator": "alice"},
+         "creator": "alice", "owners": ["alice"], **open_room},
     ]
 
 

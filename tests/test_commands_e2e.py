@@ -497,7 +497,8 @@ def test_a_wrong_command_names_itself_and_shows_its_usage(broker, clients):
            "users")
     assert lines_until(c, exact("No users logged in")) == [
         "Usage: /users - who is logged in",
-        "Usage: /join ROOM [NAME] - enter a room (or make it current)",
+        "Usage: /join ROOM [NAME] [key=KEY] - enter a room (or make it current); key=KEY "
+        "if it needs one",
         "Unknown command: /frob (/help lists them)",
         "Usage: /logout - give up your nickname and leave every room",
         "Usage: /leave [ROOM] - leave the current or named room",

@@ -336,7 +336,7 @@ def test_descriptors_running_out_keep_the_operator_in_and_nothing_spins(tmp_path
             late.dealer.poll(250)
             assert late.ok("ping")
         busy = (cpu_seconds(broker.proc.pid) - before) / (time.monotonic() - started)
-        assert busy < 0.3, f"the broker used {busy:.0%} of a core while held"
+        assert busy < 0.5, f"the broker used {busy:.0%} of a core while held"  # a spin: 100 %
     finally:
         for s in hoarders:
             s.close()

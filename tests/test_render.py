@@ -252,6 +252,22 @@ def _events(h: str) -> list[Event]:
         Event("reply", {"cmd": "msg", "to": [h], "text": h}),
         Event("reply", {"cmd": "broadcast", "count": 2, "text": h}),
         Event("reply", {"cmd": "away", "text": h}),
+        Event("subject", {"room": h, "seq": 1, "name": h, "text": h}),
+        Event("mode", {"room": h, "seq": 1, "name": h, "invite": True, "subject_by": h}),
+        Event("role", {"room": h, "seq": 1, "name": h, "role": h, "by": h}),
+        Event("invited", {"room": h, "by": h}),
+        Event("reply", {"cmd": "rooms", "rooms": [{"room": h, "closed": True},
+                                                  {"room": h, "count": 1, "subject": h}]}),
+        Event("reply", {"cmd": "join", "room": h, "name": h, "members": [h],
+                        "subject": h, "role": "owner"}),
+        Event("reply", {"cmd": "subject", "room": h, "text": h, "by": h}),
+        Event("reply", {"cmd": "bans", "room": h, "bans": [
+            {"name": h, "by": h, "kind": "key", "reason": h, "until": 2e9}]}),
+        Event("reply", {"cmd": "ban", "room": h, "bans": [
+            {"name": h, "by": h, "kind": "name", "reason": h}]}),
+        Event("reply", {"cmd": "kick", "room": h, "name": h}),
+        Event("reply", {"cmd": "invite", "room": h, "name": h}),
+        Event("reply", {"cmd": "unban", "room": h, "name": h}),
     ]
 
 

@@ -202,7 +202,8 @@ def test_the_toolbar_shows_nickname_room_unread_counts_and_connection(terminal,
 
 
 def test_help_actions_history_and_quit(terminal, bob_in_lounge):
-    bob, alice = bob_in_lounge, alice_in_lounge(terminal)
+    # Tall enough for the whole list (the room moderators' commands made it 36 lines).
+    bob, alice = bob_in_lounge, alice_in_lounge(terminal, height=48)
     alice.type("/help")
     alice.press("Enter")
     screen = alice.wait_for("/quit")
