@@ -621,6 +621,7 @@ class Chat:
         if fold(room) in self.rooms:
             raise ProtocolError("room_exists", f"Room {room} already exists")
         self._writing()
+        self._store_events(session, 1)  # the join event
         name = self._name_for_entry(session, name, budget=self.budgets.create_room)
         now = self.clock()
         self.store.add_room(room, now, name)
@@ -641,6 +642,8 @@ class Chat:
         if member and name in (None, session.name):
             return self._welcome(session, target)  # already a member: it becomes current
         self._writing()
+        if not member:
+            self._store_events(session, 1)  # the join event
         self._name_for_entry(  # renames everywhere
             session, name, entering=not member,
             admit=None if member else lambda n: self._may_enter(session, target, n, key))
@@ -1010,7 +1013,8 @@ class Chat:
         if session.name is None or fold(session.name) != fold(name):
             self._check_owner(session, name, password)
         if session.name not in (None, name) and session.rooms:
-            self._writing()  # a rename is an event in each of its rooms
+            self._writing()  # a rename is an event in each of its rooms...
+            self._store_events(session, len(session.rooms))  # ...stored like any
 
     def _check_owner(self, session: Session, name: str, password: str | None) -> None:
         """A registered nickname goes only to its key, or to whoever knows its password."""
@@ -1061,6 +1065,12 @@ class Chat:
         if self.rate > 0:
             self.budgets.store(_sources(session), characters)
         room.stored += characters + P.text_weight({})
+
+    def _store_events(self, session: Session, count: int) -> None:
+        """Events other than messages (joins, renames) are stored too: they count against
+        the source's share of the disk, at an event's weight each."""
+        if self.rate > 0:
+            self.budgets.store(_sources(session), count * P.text_weight({}))
 
     def _writing(self) -> None:
         """Refuse a request that must write, while the store cannot take writes."""

@@ -1302,3 +1302,14 @@ def test_while_the_store_cannot_write_a_leave_is_told_in_the_rekey(chat, monkeyp
     assert reply["ok"] and not [d for d in rest if isinstance(d, Publish)]
     [rekey] = sent_to(rest, A)
     assert rekey["ev"] == "rekey" and rekey["left"] == "bob" and rekey["seq"] == seq
+
+
+def test_renames_and_joins_count_against_the_share_of_the_disk(make_chat, monkeypatch):
+    monkeypatch.setattr(P, "STORE_BURST", 9 * P.text_weight({}))
+    monkeypatch.setattr(P, "STORE_RATE", 0.0)
+    chat = make_chat(rate=1000.0, burst=1000)
+    connect(chat, A, "alice")
+    for i in range(5):
+        ok(chat, A, "create", room=f"r{i}")  # 5 joins: 5 of the 9 events' share
+    assert refused(chat, A, "login", name="alicia")["code"] == "quota_exceeded"  # 5 more
+    assert chat.sessions[A].name == "alice"
