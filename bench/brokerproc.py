@@ -43,7 +43,34 @@ def env() -> dict[str, str]:
     return out
 
 
-class BrokerProcess:
+class ServerProcess:
+    """A server the benchmark starts and stops (the broker, or a peer to compare it with)."""
+
+    proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM (the server says goodbye and exits), then SIGKILL if need be."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.proc.poll() is None:
+                self.proc.kill()
+        return self.proc.wait(5)
+
+
+class BrokerProcess(ServerProcess):
     def __init__(self, directory: str, *, profile: str | None = None,
                  profile_out: str | None = None, insecure: bool = False,
                  module: str = "broker"):
@@ -91,28 +118,11 @@ class BrokerProcess:
                     self._ready.set()
         self._ready.set()  # ended before it was ready: start() will say so
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def public_key(self) -> bytes | None:
         if self.insecure:
             return None
         return keys.load(Path(self.keys_dir) / "broker.key").public
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM (a clean stop, flushing any profile), then SIGKILL if need be."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while self.proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if self.proc.poll() is None:
-                self.proc.kill()
-        return self.proc.wait(5)
+        return super().stop(timeout)

@@ -21,12 +21,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import threading
-import time
 from collections import deque
+
+from .brokerproc import ServerProcess
 
 READY = re.compile(r"Now listening on \[?127\.0\.0\.1\]?:(\d+)")
 OPER_NAME = OPER_PASSWORD = "bench"  # the load's senders OPER with these, for mode +F
@@ -97,8 +97,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class NgircdProcess:
-    """Same interface as brokerproc.BrokerProcess, for the runner."""
+class NgircdProcess(ServerProcess):
+    """Same interface as brokerproc.BrokerProcess, for the runner (SIGTERM: ngIRCd says
+    goodbye to its clients and exits)."""
 
     insecure = True  # plain IRC: no key to hand the load processes
 
@@ -154,26 +155,5 @@ class NgircdProcess:
         except OSError:
             return False
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def public_key(self) -> None:
         return None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM (ngIRCd says goodbye to its clients and exits), then SIGKILL."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while self.proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if self.proc.poll() is None:
-                self.proc.kill()
-        return self.proc.wait(5)
