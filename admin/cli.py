@@ -14,10 +14,18 @@ from typing import Any
 
 import zmq
 
+from client.commands import parse_duration
 from client.connection import parse_address
 from schema import keys, pack, request, unpack
 
 EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
+
+
+def _duration(text: str) -> int:
+    seconds = parse_duration(text)
+    if seconds is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (30m, 2h, 7d...)")
+    return seconds
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,6 +73,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="who may set the topic")
     mode.add_argument("--history", choices=("shared", "joined"),
                       help="whether joiners see history from before they joined")
+    eject = sub.add_parser("eject", help="remove a member from a room, over any owner")
+    eject.add_argument("room")
+    eject.add_argument("name")
+    eject.add_argument("--reason", help="told to the member and the room")
+    ban = sub.add_parser("ban", help="ban a nickname from a room, over any owner")
+    ban.add_argument("room")
+    ban.add_argument("name")
+    ban.add_argument("--reason", help="told to them, and kept with the ban")
+    ban.add_argument("--key", action="store_true",
+                     help="ban their key too (they must be online)")
+    ban.add_argument("--for", dest="duration", type=_duration, metavar="DURATION",
+                     help="30m, 2h, 7d...; absent: until unbanned")
+    invites = sub.add_parser("invites", help="list who is invited into a room")
+    invites.add_argument("room")
+    uninvite = sub.add_parser("uninvite", help="withdraw an invitation into a room")
+    uninvite.add_argument("room")
+    uninvite.add_argument("name")
     unban = sub.add_parser("unban", help="lift the bans on a nickname in a room")
     unban.add_argument("room")
     unban.add_argument("name")
@@ -199,6 +224,17 @@ def show(cmd: str, reply: dict[str, Any]) -> list[str]:
     if cmd == "mode":
         modes = reply.get("modes", {})
         return [f"{reply['room']}: " + ", ".join(f"{k} {_shown(v)}" for k, v in modes.items())]
+    if cmd == "eject":
+        return [f"Removed {reply['name']} from {reply['room']}"]
+    if cmd == "ban":
+        return [f"Banned {b['name']} ({b['kind']}) from {reply['room']}"
+                + (f" until {b['until']:.0f}" if b.get("until") else "")
+                for b in reply.get("bans", [])]
+    if cmd == "invites":
+        return [", ".join(reply["invites"]) if reply.get("invites")
+                else f"Nobody is invited into {reply['room']}"]
+    if cmd == "uninvite":
+        return [f"Withdrew the invitation of {reply['name']} into {reply['room']}"]
     if cmd == "unban":
         return [f"Lifted {_plural(reply.get('lifted', 0), 'ban')} on {reply['name']} in "
                 f"{reply['room']}"]
@@ -233,11 +269,13 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_ERROR
     fields = {k: getattr(args, k, None) for k in ("room", "name", "reason", "role",
-                                                  "subject_by", "history")}
+                                                  "subject_by", "history", "duration")}
     for switch in ("invite", "secret"):
         if getattr(args, switch, None) is not None:
             fields[switch] = args.__dict__[switch] == "on"
-    if getattr(args, "key", None) is not None:
+    if args.cmd == "ban":
+        fields["key"] = args.key or None  # a switch here: their key too
+    elif getattr(args, "key", None) is not None:  # mode: the room key, or off
         fields["key"] = "" if args.key == "off" else args.key
     try:
         reply = _ask_all(args, fields, credentials)

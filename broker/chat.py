@@ -495,6 +495,21 @@ class Chat:
         return {"room": target.name,
                 "bans": [b.shown() for b in target.access.live_bans(self.clock())]}
 
+    def _admin_eject(self, room: str, name: str, reason: str | None) -> dict[str, Any]:
+        return self._kick_from(self._room(room), R.OPERATOR, "the operator", None, name,
+                               reason)
+
+    def _admin_ban(self, room: str, name: str, reason: str | None, key: bool | None,
+                   duration: int | None) -> dict[str, Any]:
+        return self._ban_from(self._room(room), R.OPERATOR, "the operator", None, name,
+                              reason, key, duration)
+
+    def _admin_invites(self, room: str) -> dict[str, Any]:
+        return self._invites_of(self._room(room))
+
+    def _admin_uninvite(self, room: str, name: str) -> dict[str, Any]:
+        return self._withdraw(self._room(room), name)
+
     def _admin_stats(self) -> dict[str, Any]:
         c = self.counters
         return {"uptime": round(self.clock() - c.started, 3), "clients": len(self.sessions),
@@ -786,64 +801,25 @@ class Chat:
     def _kick(self, session: Session, room: str, name: str, reason: str | None
               ) -> dict[str, Any]:
         target = self._membership(session, room)
-        rank = self._rank(session, target)
-        R.check("kick", target.name, rank, target.access.settings)
-        member = target.members.get(fold(name))
-        if member is None or member.name is None:
-            raise ProtocolError("not_in_room", f"{name} is not in {room}")
-        R.check_over("kick", target.name, rank, member.name, self._rank(member, target),
-                     member is session)
-        self._writing()
-        why = f"kicked by {session.name}" + (f": {reason}" if reason else "")
-        self._withdraw_invite(target, member)
-        self._eject(target, member, why)
-        log.info("%s kicked %s from %s", session.name, member.name, target.name)
-        return {"room": target.name, "name": member.name}
+        return self._kick_from(target, self._rank(session, target), session.name or "",
+                               session, name, reason)
 
     def _ban(self, session: Session, room: str, name: str, reason: str | None,
              key: bool | None, duration: int | None) -> dict[str, Any]:
         target = self._membership(session, room)
-        rank = self._rank(session, target)
-        access = target.access
-        R.check("ban", target.name, rank, access.settings)
-        holder = self.users.get(fold(name))
-        shown = holder.name if holder is not None and holder.name else name
-        R.check_over("ban", target.name, rank, shown, self._rank_of(target, name),
-                     fold(name) == fold(session.name or ""))
-        if key and holder is None:
-            raise ProtocolError("no_such_user", f"No such user: {name} (a key is banned "
-                                                f"only while its user is online)")
-        now = self.clock()
-        new = [R.Ban("name", fold(name), shown, session.name or "", reason or "",
-                     now + duration if duration else None)]
-        if key and holder is not None and holder.identity is not None:
-            new.append(R.Ban("key", holder.identity, shown, session.name or "",
-                             reason or "", new[0].until))
-        live = access.live_bans(now)
-        if len({(b.kind, b.who) for b in live} | {(b.kind, b.who) for b in new}) \
-                > P.BANS_MAX:
-            raise ProtocolError("too_many_bans", f"{target.name} holds {P.BANS_MAX} bans "
-                                                 f"already: lift some first")
-        self._writing()
-        for stale in [b for b in access.bans.values() if b not in live]:  # expired
-            del access.bans[(stale.kind, stale.who)]
-            self.store.revoke(target.name, "ban:" + stale.kind, stale.who)
-        for ban in new:
-            access.bans[(ban.kind, ban.who)] = ban
-            self.store.grant(target.name, "ban:" + ban.kind, ban.who, R.entry("ban", {
-                "name": ban.name, "by": ban.by, "reason": ban.reason, "until": ban.until}))
-        self.store.revoke(target.name, "invite", fold(name))
-        access.invites.pop(fold(name), None)
-        if holder is not None:
-            holder.invites.discard(target)
-        why = f"banned by {session.name}" + (f": {reason}" if reason else "")
-        # Out go the nickname and every session of a banned key, as a leave would.
-        for member in list(target.members.values()):
-            if access.ban_on(fold(member.name or ""), member.identity, now) is not None:
-                self._withdraw_invite(target, member)
-                self._eject(target, member, why)
-        log.info("%s banned %s from %s", session.name, shown, target.name)
-        return {"room": target.name, "name": shown, "bans": [b.shown() for b in new]}
+        return self._ban_from(target, self._rank(session, target), session.name or "",
+                              fold(session.name or ""), name, reason, key, duration)
+
+    def _invites(self, session: Session, room: str) -> dict[str, Any]:
+        target = self._membership(session, room)
+        R.check("invites", target.name, self._rank(session, target), target.access.settings)
+        return self._invites_of(target)
+
+    def _uninvite(self, session: Session, room: str, name: str) -> dict[str, Any]:
+        target = self._membership(session, room)
+        R.check("uninvite", target.name, self._rank(session, target),
+                target.access.settings)
+        return self._withdraw(target, name)
 
     def _unban(self, session: Session, room: str, name: str) -> dict[str, Any]:
         target = self._membership(session, room)
@@ -915,6 +891,84 @@ class Chat:
             del access.bans[(ban.kind, ban.who)]
             self.store.revoke(target.name, "ban:" + ban.kind, ban.who)
         return {"room": target.name, "name": name, "lifted": len(lifted)}
+
+    def _kick_from(self, target: Room, rank: int, by: str, actor: Session | None,
+                   name: str, reason: str | None) -> dict[str, Any]:
+        R.check("kick", target.name, rank, target.access.settings)
+        member = target.members.get(fold(name))
+        if member is None or member.name is None:
+            raise ProtocolError("not_in_room", f"{name} is not in {target.name}")
+        R.check_over("kick", target.name, rank, member.name, self._rank(member, target),
+                     member is actor)
+        self._writing()
+        why = f"kicked by {by}" + (f": {reason}" if reason else "")
+        self._withdraw_invite(target, member)
+        self._eject(target, member, why)
+        log.info("%s kicked %s from %s", by, member.name, target.name)
+        return {"room": target.name, "name": member.name}
+
+    def _ban_from(self, target: Room, rank: int, by: str, actor: str | None, name: str,
+                  reason: str | None, key: bool | None, duration: int | None
+                  ) -> dict[str, Any]:
+        access = target.access
+        R.check("ban", target.name, rank, access.settings)
+        holder = self.users.get(fold(name))
+        shown = holder.name if holder is not None and holder.name else name
+        R.check_over("ban", target.name, rank, shown, self._rank_of(target, name),
+                     fold(name) == actor)
+        if key and holder is None:
+            raise ProtocolError("no_such_user", f"No such user: {name} (a key is banned "
+                                                f"only while its user is online)")
+        now = self.clock()
+        new = [R.Ban("name", fold(name), shown, by, reason or "",
+                     now + duration if duration else None)]
+        if key and holder is not None and holder.identity is not None:
+            new.append(R.Ban("key", holder.identity, shown, by, reason or "", new[0].until))
+        live = access.live_bans(now)
+        if len({(b.kind, b.who) for b in live} | {(b.kind, b.who) for b in new}) \
+                > P.BANS_MAX:
+            raise ProtocolError("too_many_bans", f"{target.name} holds {P.BANS_MAX} bans "
+                                                 f"already: lift some first")
+        self._writing()
+        for stale in [b for b in access.bans.values() if b not in live]:  # expired
+            del access.bans[(stale.kind, stale.who)]
+            self.store.revoke(target.name, "ban:" + stale.kind, stale.who)
+        for ban in new:
+            access.bans[(ban.kind, ban.who)] = ban
+            self.store.grant(target.name, "ban:" + ban.kind, ban.who, R.entry("ban", {
+                "name": ban.name, "by": ban.by, "reason": ban.reason, "until": ban.until}))
+        self.store.revoke(target.name, "invite", fold(name))
+        access.invites.pop(fold(name), None)
+        if holder is not None:
+            holder.invites.discard(target)
+        why = f"banned by {by}" + (f": {reason}" if reason else "")
+        # Out go the nickname and every session of a banned key, as a leave would.
+        for member in list(target.members.values()):
+            if access.ban_on(fold(member.name or ""), member.identity, now) is not None:
+                self._withdraw_invite(target, member)
+                self._eject(target, member, why)
+        log.info("%s banned %s from %s", by, shown, target.name)
+        return {"room": target.name, "name": shown, "bans": [b.shown() for b in new]}
+
+    def _invites_of(self, target: Room) -> dict[str, Any]:
+        """Who may come in by invitation: registered nicknames (kept), and sessions of
+        unregistered ones online now (theirs until they go)."""
+        kept = set(target.access.invites.values())
+        held = {s.name for s in self.users.values() if target in s.invites and s.name}
+        return {"room": target.name, "invites": sorted(kept | held, key=fold)}
+
+    def _withdraw(self, target: Room, name: str) -> dict[str, Any]:
+        holder = self.users.get(fold(name))
+        kept = fold(name) in target.access.invites
+        if not kept and (holder is None or target not in holder.invites):
+            raise ProtocolError("not_invited", f"{name} is not invited to {target.name}")
+        if kept:
+            self._writing()
+            del target.access.invites[fold(name)]
+            self.store.revoke(target.name, "invite", fold(name))
+        if holder is not None:
+            holder.invites.discard(target)
+        return {"room": target.name, "name": holder.name if holder and holder.name else name}
 
     def _may_enter(self, session: Session, room: Room, name: str, key: str | None) -> None:
         """Does the room let this session in under this nickname (already known to be

@@ -38,6 +38,8 @@ RULES: dict[str, Rule] = {
     "subject": Rule(MODERATOR, False, "set its topic"),  # anyone, if the room says so
     "mode": Rule(MODERATOR, False, "change its settings"),
     "invite": Rule(MODERATOR, False, "invite people"),
+    "invites": Rule(MODERATOR, False, "list its invites"),
+    "uninvite": Rule(MODERATOR, False, "withdraw invites"),
     "kick": Rule(MODERATOR, True, "kick people"),
     "ban": Rule(MODERATOR, True, "ban people"),
     "unban": Rule(MODERATOR, False, "lift bans"),

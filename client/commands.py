@@ -310,6 +310,15 @@ _DURATION = re.compile(r"(\d{1,6})([smhd])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def parse_duration(text: str) -> int | None:
+    """``30m``, ``2h``, ``7d``... -> seconds; None if it is not a duration a ban may last."""
+    found = _DURATION.fullmatch(text)
+    if not found:
+        return None
+    seconds = int(found[1]) * _SECONDS[found[2]]
+    return seconds if 0 < seconds <= P.BAN_DURATION_MAX else None
+
+
 def _kick(rest: str, room: str) -> Command:
     name, reason = _split_text(rest)
     if not name:
@@ -329,12 +338,11 @@ def _ban(rest: str, room: str) -> Command:
     if not P.is_nickname(name):
         return BAD_USERNAME
     first, _, more = reason.partition(" ")
-    found = _DURATION.fullmatch(first)
     duration = None
-    if found:
-        duration = int(found[1]) * _SECONDS[found[2]]
+    if _DURATION.fullmatch(first):
+        duration = parse_duration(first)
         reason = more.strip()
-        if not 0 < duration <= P.BAN_DURATION_MAX:
+        if duration is None:
             return INVALID
     if not P.is_reason(reason):
         return Refused("bad_reason")
@@ -396,6 +404,11 @@ COMMANDS: tuple[Spec, ...] = (
          "history shared|joined"),
     Spec(("invite",), "/invite NAME", "let NAME into this room (invite-only or keyed)",
          _in_room(_target("invite"))),
+    Spec(("invites",), "/invites", "who is invited into this room",
+         _in_room(lambda rest, room: send("invites", room=room) if not rest.strip()
+                  else INVALID)),
+    Spec(("uninvite",), "/uninvite NAME", "withdraw NAME's invitation into this room",
+         _in_room(_target("uninvite"))),
     Spec(("kick",), "/kick NAME [REASON]", "remove NAME from this room (moderators)",
          _in_room(_kick)),
     Spec(("ban",), "/ban NAME [DURATION] [REASON]",

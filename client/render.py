@@ -171,6 +171,14 @@ def _reply(d: dict[str, Any]) -> list[str]:
         return [f"{clean(d.get('room'))} is {_modes(d.get('modes') or {})}"]
     if cmd == "invite":
         return [f"Invited {clean(d.get('name'))} into {clean(d.get('room'))}"]
+    if cmd == "uninvite":
+        return [f"Withdrew the invitation of {clean(d.get('name'))} into "
+                f"{clean(d.get('room'))}"]
+    if cmd == "invites":
+        invited = d.get("invites") or []
+        return ([f"Invited into {clean(d.get('room'))}: "
+                 + ", ".join(clean(n) for n in invited)] if invited
+                else [f"Nobody is invited into {clean(d.get('room'))}"])
     if cmd == "kick":
         return [f"Kicked {clean(d.get('name'))} from {clean(d.get('room'))}"]
     if cmd == "ban":

@@ -136,6 +136,7 @@ ERRORS: dict[str, str] = {
     "key_needed": "That room needs a key",
     "banned": "You are banned from that room",
     "not_banned": "Nobody by that name is banned",
+    "not_invited": "Nobody by that name is invited",
     "too_many_bans": "Too many bans",
 }
 
@@ -293,6 +294,12 @@ class Kind:
     doc: str
 
 
+BAN_FIELDS = (ROOM, TARGET, REASON,
+              Field("key", bool, required=False, doc="ban their key too (they must be online)"),
+              Field("duration", int, required=False, rule=_duration,
+                    doc="seconds the ban lasts; absent: until unbanned"))
+
+
 def _kinds(*kinds: Kind) -> dict[str, Kind]:
     return {k.cmd: k for k in kinds}
 
@@ -339,12 +346,10 @@ CLIENT_REQUESTS = _kinds(
     Kind("mode", (ROOM, *MODE_FIELDS), "read or change a room's settings"),
     Kind("role", (ROOM, TARGET, ROLE), "make someone an owner or moderator, or neither"),
     Kind("invite", (ROOM, TARGET), "let one person into an invite-only or keyed room"),
+    Kind("invites", (ROOM,), "list who is invited into a room"),
+    Kind("uninvite", (ROOM, TARGET), "withdraw an invitation"),
     Kind("kick", (ROOM, TARGET, REASON), "remove a member from a room"),
-    Kind("ban", (ROOM, TARGET, REASON,
-                 Field("key", bool, required=False,
-                       doc="ban their key too (they must be online)"),
-                 Field("duration", int, required=False, rule=_duration,
-                       doc="seconds the ban lasts; absent: until unbanned")),
+    Kind("ban", BAN_FIELDS,
          "ban a nickname (and its key) from a room, removing them if in it"),
     Kind("unban", (ROOM, TARGET), "lift the bans on a nickname (and on keys banned with it)"),
     Kind("bans", (ROOM,), "list a room's bans"),
@@ -366,8 +371,12 @@ ADMIN_REQUESTS = _kinds(
     # Operators override any owner: the same rules, with a rank above every owner.
     Kind("role", (ROOM, TARGET, ROLE), "give or take a role in a room"),
     Kind("mode", (ROOM, *MODE_FIELDS), "read or change a room's settings"),
+    Kind("eject", (ROOM, TARGET, REASON), "remove a member from a room"),
+    Kind("ban", BAN_FIELDS, "ban a nickname (and its key) from a room"),
     Kind("unban", (ROOM, TARGET), "lift the bans on a nickname in a room"),
     Kind("bans", (ROOM,), "list a room's bans"),
+    Kind("invites", (ROOM,), "list who is invited into a room"),
+    Kind("uninvite", (ROOM, TARGET), "withdraw an invitation"),
 )
 
 # Events the broker sends without being asked (ROUTER, to one client).

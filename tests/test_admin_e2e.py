@@ -172,6 +172,40 @@ def test_kick_of_an_unknown_user_is_an_error_with_a_nonzero_exit(broker):
     assert done.returncode != 0 and "nobody" in done.stderr
 
 
+# --- a room's members, over any owner --------------------------------------------------
+
+
+def test_the_operator_ejects_bans_and_withdraws_invites_in_a_room(broker, clients):
+    alice, bob = clients(), clients(json_mode=False)
+    alice.enter("/create lounge alice")
+    enter_lines(bob, "join lounge bob", "lounge", "bob")
+    done = admin(broker.control, "eject", "lounge", "alice", "--reason", "cool off")
+    assert done.returncode == 0 and done.stdout.strip() == "Removed alice from lounge"
+    assert "cool off" in alice.event("ejected", room="lounge")["reason"]
+    bob.line(lambda line: "alice left" in line and "cool off" in line)
+    done = admin(broker.control, "ban", "lounge", "bob", "--for", "2h", "--reason", "spam")
+    assert done.returncode == 0 and done.stdout.startswith("Banned bob (name) from lounge")
+    bob.line(lambda line: line.startswith("You were removed from lounge") and "spam" in line)
+    bob.send("/join lounge")
+    bob.line(lambda line: "banned from lounge" in line and "spam" in line)
+    [ban] = admin_json(broker.control, "bans", "lounge")["bans"]
+    assert (ban["name"], ban["by"], ban["reason"]) == ("bob", "the operator", "spam")
+    assert 7100 < ban["until"] - time.time() <= 7200
+    alice.enter("/join lounge")  # ejected is not banned
+    carol = clients()
+    carol.send("login carol")
+    carol.event("reply", cmd="login")
+    alice.send("/mode invite on", "/invite carol")
+    alice.event("reply", cmd="invite")
+    assert admin(broker.control, "invites", "lounge").stdout.strip() == "carol"
+    done = admin(broker.control, "uninvite", "lounge", "carol")
+    assert done.returncode == 0 and "Withdrew the invitation of carol" in done.stdout
+    done = admin(broker.control, "uninvite", "lounge", "carol")
+    assert done.returncode != 0 and "carol is not invited to lounge" in done.stderr
+    done = admin(broker.control, "ban", "lounge", "bob", "--for", "forever")
+    assert done.returncode != 0 and "not a duration" in done.stderr
+
+
 # --- stats -------------------------------------------------------------------------------
 
 

@@ -385,6 +385,71 @@ def test_the_operator_overrides_any_owner(people, chat):
     assert room["owners"] == ["eve"] and room["modes"]["invite"] is False
 
 
+def test_the_operator_removes_and_bans_members_even_owners(people, chat, clock):
+    alice, bob = people["alice"], people["bob"]
+    reply, out = admin(chat, "eject", room="lounge", name="alice", reason="abuse")
+    assert reply["ok"] and reply["name"] == "alice"
+    assert sent(out, ALICE) == [{"ev": "ejected", "room": "lounge",
+                                 "reason": "kicked by the operator: abuse"}]
+    assert [e["ev"] for _, e in events(out)] == ["leave"]
+    reply, out = admin(chat, "ban", room="lounge", name="bob", key=True, duration=60)
+    assert reply["ok"]
+    assert [(b["kind"], b["by"]) for b in reply["bans"]] == [("name", "the operator"),
+                                                             ("key", "the operator")]
+    assert [e["ev"] for e in sent(out, BOB)] == ["ejected"]
+    assert bob.code("join", room="lounge") == "banned"
+    assert alice.ok("join", room="lounge")["room"] == "lounge"  # ejected, not banned
+    clock.now += 61
+    assert bob.ok("join", room="lounge")["room"] == "lounge"
+    reply, _ = admin(chat, "eject", room="lounge", name="eve")
+    assert reply["ok"] is False and reply["code"] == "not_in_room"
+    reply, _ = admin(chat, "ban", room="attic", name="eve")
+    assert reply["ok"] is False and reply["code"] == "no_such_room"
+
+
+def test_invites_are_listed_and_withdrawn_by_moderators_only(people, chat):
+    alice, bob, carol, eve = people["alice"], people["bob"], people["carol"], people["eve"]
+    alice.ok("mode", room="lounge", invite=True)
+    dave = Person(chat, b"peer-d", "key-d", "dave")  # unregistered: invited for its session
+    alice.ok("invite", room="lounge", name="eve")
+    alice.ok("invite", room="lounge", name="dave")
+    assert alice.ok("invites", room="lounge")["invites"] == ["dave", "eve"]
+    assert carol.code("invites", room="lounge") == "not_permitted"
+    assert carol.code("uninvite", room="lounge", name="eve") == "not_permitted"
+    assert bob.code("uninvite", room="lounge", name="eve") == "not_permitted"
+    assert alice.ok("uninvite", room="lounge", name="eve")["name"] == "eve"
+    assert eve.code("join", room="lounge") == "invite_only"
+    assert alice.code("uninvite", room="lounge", name="eve") == "not_invited"
+    reply, _ = admin(chat, "invites", room="lounge")
+    assert reply["invites"] == ["dave"]
+    reply, _ = admin(chat, "uninvite", room="lounge", name="dave")
+    assert reply["ok"]
+    assert dave.code("join", room="lounge") == "invite_only"
+    assert alice.ok("invites", room="lounge")["invites"] == []
+
+
+def test_a_withdrawn_invite_is_gone_after_a_restart(tmp_path, clock):
+    path = str(tmp_path / "rooms.db")
+    store = SqliteStore(path)
+    chat = make(store, clock)
+    alice = Person(chat, ALICE, "key-a", "alice", register=True)
+    Person(chat, EVE, "key-e", "eve", register=True)
+    alice.ok("create", room="den")
+    alice.ok("mode", room="den", invite=True)
+    alice.ok("invite", room="den", name="eve")
+    alice.ok("uninvite", room="den", name="eve")
+    store.commit()
+    store.close()
+    store = SqliteStore(path)
+    chat = make(store, clock)
+    alice = Person(chat, ALICE, "key-a", "alice")
+    alice.ok("join", room="den")
+    assert alice.ok("invites", room="den")["invites"] == []
+    eve = Person(chat, EVE, "key-e", "eve")
+    assert eve.code("join", room="den") == "invite_only"
+    store.close()
+
+
 def test_an_owned_room_is_kept_empty_an_unowned_one_goes_after_its_lifetime(chat, clock,
                                                                               people):
     alice, carol = people["alice"], people["carol"]
