@@ -205,6 +205,7 @@ class ChatState:
         self.unread: dict[str, int] = {}
         self.rooms_seen: set[str] = set()
         self.nicks_seen: set[str] = set()
+        self.subjects: dict[str, str] = {}  # room -> its topic, as last told
 
     def observe(self, event: Event, current: str | None, joined: Iterable[str]) -> None:
         d, kind = event.data, event.kind
@@ -215,6 +216,7 @@ class ChatState:
             elif kind == "reply" and d.get("cmd") == "rooms":
                 self._rooms_named(r.get("room") for r in d.get("rooms") or ()
                                   if isinstance(r, dict))
+            self._subject(kind, d)
             if kind == "msg" and not d.get("replay") and d.get("room") != current \
                     and d.get("room") in joined:
                 self.unread[d["room"]] = self.unread.get(d["room"], 0) + 1
@@ -225,6 +227,20 @@ class ChatState:
             for room in [r for r in self.unread if r not in joined or r == current]:
                 del self.unread[room]
             self.rooms_seen.update(joined)
+
+    def _subject(self, kind: str, d: dict[str, Any]) -> None:
+        """A room's topic: told on entering it (the welcome) and by each change."""
+        room = d.get("room")
+        if not isinstance(room, str):
+            return
+        entered = kind == "reply" and d.get("cmd") in ("join", "create")
+        if entered or kind == "subject":
+            text = d.get("subject" if entered else "text")
+            self.subjects[room] = text if isinstance(text, str) else ""
+
+    def subject_of(self, room: str | None) -> str:
+        with self._lock:
+            return self.subjects.get(room or "", "")
 
     def _nicks(self, names: Iterable[Any]) -> None:
         self.nicks_seen.update(n for n in names if isinstance(n, str) and P.is_nickname(n))

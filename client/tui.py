@@ -596,6 +596,9 @@ class ChatApp(App[int]):
         if switcher.current != log.id:
             switcher.current = log.id
         title = f"{windows.number(current)} {clean(current.title)}"
+        subject = self.state.subject_of(current.name) if current.kind == ROOM else ""
+        if subject:  # the room's topic (Textual cuts the border to fit; /topic shows it all)
+            title += " ─ " + clean(subject)
         log.border_title = plain_content(title + (" (private)" if current.kind == QUERY
                                                   else ""))
         self._refresh_members(current)

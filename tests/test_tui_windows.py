@@ -14,7 +14,17 @@ from textual._xterm_parser import XTermParser
 from client.tui import HIGHLIGHT_LINE
 from client.windows import Activity
 
-from .test_tui import bob_in, chat_app, on_screen, pane_text, side, type_line, until, wait_event
+from .test_tui import (
+    bob_in,
+    chat_app,
+    on_screen,
+    pane_text,
+    screen_text,
+    side,
+    type_line,
+    until,
+    wait_event,
+)
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -146,5 +156,29 @@ def test_lines_typed_while_the_broker_is_away_show_as_pending(broker, clients):
                         "acknowledged: no longer pending", timeout=15)
             await until(pilot, lambda: any(ln.endswith("] alice: and [b]another[/b]")
                                            for ln in pane_text(app)), "in the pane now")
+
+    asyncio.run(scenario())
+
+
+def test_a_rooms_topic_is_in_its_window_title_and_follows_changes(broker, clients):
+    bob = bob_in(clients, "lounge")
+    bob.send("/topic [b]release[/b] on friday")
+    bob.event("subject", room="lounge")
+
+    async def scenario() -> None:
+        async with chat_app(broker) as (app, pilot):
+            await type_line(pilot, "/join lounge")
+            await until(pilot, lambda: app.status.current == "lounge", "in lounge")
+            await until(pilot, lambda: on_screen(app, "2 lounge ─ [b]release[/b] on friday"),
+                        "the topic, shown as typed (no markup), in the title")
+            bob.send("/topic " + "x" * 200)
+            await until(pilot, lambda: on_screen(app, "2 lounge ─ xxxxxxxxxx")
+                        and any("x… ─╮" in ln for ln in screen_text(app)),
+                        "the new topic, cut to fit the border")
+            await type_line(pilot, "/window 1")
+            await until(pilot, lambda: not on_screen(app, "─ xxx"), "the lobby has none")
+            bob.send("/topic --clear")
+            await type_line(pilot, "/window 2")
+            await until(pilot, lambda: on_screen(app, "╭─ 2 lounge ──"), "cleared")
 
     asyncio.run(scenario())
