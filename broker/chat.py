@@ -295,7 +295,8 @@ class Chat:
             else:
                 room.seq = stored[room.name]
                 room.access = self._stored_access(room.name)
-        kept = [d for d in deliveries if isinstance(d, Send) and d.peer not in writers]
+        kept = [_unsequenced(d, stored, deliveries) for d in deliveries
+                if isinstance(d, Send) and d.peer not in writers]
         return errors + kept + [d for d in self._out if isinstance(d, Send)]
 
     def _admit(self, peer: bytes, request: Request, identity: str | None) -> Session | None:
@@ -658,7 +659,8 @@ class Chat:
             return self._welcome(session, target)  # already a member: it becomes current
         self._writing()
         if not member:
-            self._store_events(session, 1)  # the join event
+            self._charge_event(session, P.text_weight({}), len(target.members))
+            self._store_events(session, 1)
         self._name_for_entry(  # renames everywhere
             session, name, entering=not member,
             admit=None if member else lambda n: self._may_enter(session, target, n, key))
@@ -666,6 +668,8 @@ class Chat:
 
     def _leave(self, session: Session, room: str) -> dict[str, Any]:
         target = self._membership(session, room)
+        # Joining and leaving a crowded room in a loop would be a flood of rekeys.
+        self._charge_event(session, P.REKEY_WEIGHT, len(target.members) - 1)
         self._remove_member(target, session, "left")
         return {"room": target.name}
 
@@ -1103,6 +1107,11 @@ class Chat:
                                                 f"{self.delivery_rate:,.0f} characters a "
                                                 f"second (times recipients)")
 
+    def _charge_event(self, session: Session, weight: int, told: int) -> None:
+        """A join or a leave, charged like a message to those told of it, but never past
+        the burst: however crowded the room, a join or leave is never too_large."""
+        self._charge(session, weight, min(told, int(self.delivery_burst // weight)))
+
     def _charged_after(self, session: Session, events: list[dict[str, Any]]) -> None:
         """A history page's text is known once read: it is charged then, into debt."""
         if self.rate > 0:
@@ -1340,3 +1349,20 @@ def _bounded(events: list[dict[str, Any]], *, keep_newest: bool
 
 def _hash_password(password: str, salt: bytes) -> bytes:
     return hashlib.scrypt(password.encode(), salt=salt, n=1 << 13, r=8, p=1)
+
+
+def _unsequenced(send: Send, stored: dict[str, int], turn: list[Delivery]) -> Send:
+    """A rekey from a turn that was not stored names a seq that will be used again (by
+    the next event), and a leave event that went nowhere: tell it with the seq the store
+    holds, and the leave in it, as when the store refuses writes (``_remove_member``)."""
+    body = send.body
+    room = body.get("room")
+    if body.get("ev") != "rekey" or body.get("seq", 0) <= stored.get(room, 0):
+        return send
+    left = next((d.body.get("name") for d in turn if isinstance(d, Publish)
+                 and d.body.get("ev") == "leave" and d.body.get("room") == room
+                 and d.body.get("seq") == body["seq"]), None)
+    told = {**body, "seq": stored.get(room, 0)}
+    if left is not None:
+        told["left"] = left
+    return Send(send.peer, told)

@@ -66,6 +66,10 @@ BURST_DEFAULT = 100  # requests at once: more than a client re-joining all its r
 # pages and welcomes are charged by the text they return.
 DELIVERY_RATE_DEFAULT = 4_000_000  # characters delivered a second, steady
 DELIVERY_BURST_DEFAULT = 16_000_000  # characters at once
+# A join is published to every member, at an event's weight (text_weight); a leave also
+# sends each remaining member its room's new topic (a rekey), one message each from the
+# loop: it counts this many characters per member told.
+REKEY_WEIGHT = 1024
 PASSWORD_CHECKS_PER_SECOND = 10  # broker-wide
 PASSWORD_CHECKS_PER_MINUTE = 5  # per key and per address, across sessions
 FAILURES_PER_NAME = 20  # wrong passwords for one nickname, from sources never let in...

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from broker.chat import Chat, Publish, Send
-from broker.store import SqliteStore
+from broker.store import SqliteStore, StoreError
 from schema import ProtocolError, parse, request
 from schema import protocol as P
 
@@ -1313,3 +1313,58 @@ def test_renames_and_joins_count_against_the_share_of_the_disk(make_chat, monkey
         ok(chat, A, "create", room=f"r{i}")  # 5 joins: 5 of the 9 events' share
     assert refused(chat, A, "login", name="alicia")["code"] == "quota_exceeded"  # 5 more
     assert chat.sessions[A].name == "alice"
+
+
+def test_a_leave_whose_turn_fails_to_commit_is_told_in_the_rekey_with_the_stored_seq(lounge):
+    """The rekey must not name a seq the store never kept: that seq is used again by the
+    next event, which the remaining members would then take for one they had (a gap)."""
+    chat = lounge
+    chat.store.commit()
+    chat.committed()
+    seq = chat.rooms["lounge"].seq
+    out = chat.handle(B, req("leave", room="lounge"))
+    assert [d.body["ev"] for d in out if isinstance(d, Publish)] == ["leave"]
+    chat.store._doomed = StoreError("the disk is full")  # as a failed write dooms the turn
+    with pytest.raises(StoreError):
+        chat.store.commit()
+    sent = chat.commit_failed(out, "the disk is full")
+    assert not [d for d in sent if isinstance(d, Publish)]
+    for peer in (A, C):
+        [rekey] = sent_to(sent, peer)
+        assert (rekey["ev"], rekey["seq"], rekey["left"]) == ("rekey", seq, "bob")
+        assert rekey["topic"] == chat.rooms["lounge"].topic
+    assert chat.rooms["lounge"].seq == seq
+    said = ok(chat, A, "say", room="lounge", text="next")
+    assert said["seq"] == seq + 1
+
+
+def test_joining_and_leaving_a_crowded_room_in_a_loop_is_charged_per_member_told(make_chat,
+                                                                                clock):
+    """Each leave sends every remaining member a rekey: a loop of them in a crowded room
+    would flood the loop for free. Charged, but one may always leave, however crowded."""
+    cycle = (P.text_weight({}) + P.REKEY_WEIGHT) * 31  # 31 told of each join and leave
+    chat = make_chat(rate=1000.0, burst=1000, delivery_rate=1.0,
+                     delivery_burst=2.5 * cycle)
+    connect(chat, A, "alice")
+    ok(chat, A, "create", room="hall")
+    crowd = [bytes([0xF0, i]) for i in range(30)]
+    for i, peer in enumerate(crowd):
+        connect(chat, peer, f"m{i}")
+        ok(chat, peer, "join", room="hall")
+    connect(chat, B, "bob")
+    for _ in range(2):
+        ok(chat, B, "join", room="hall")
+        ok(chat, B, "leave", room="hall")
+    ok(chat, B, "join", room="hall")
+    assert refused(chat, B, "leave", room="hall")["code"] == "rate_limited"
+    assert "bob" in chat.rooms["hall"].members
+
+    small = make_chat(rate=1000.0, burst=1000, delivery_rate=1.0,
+                      delivery_burst=10 * P.REKEY_WEIGHT, store=SqliteStore(":memory:"))
+    connect(small, A, "alice")
+    ok(small, A, "create", room="hall")
+    for i, peer in enumerate(crowd):
+        connect(small, peer, f"m{i}")
+        ok(small, peer, "join", room="hall")
+    clock.now += 100  # alice's own join spent a little of the burst: it comes back
+    ok(small, A, "leave", room="hall")  # 30 to tell, past the burst: never too_large
