@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,10 @@ def _ask_all(args: argparse.Namespace, fields: dict[str, Any],
     return reply
 
 
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(ts))
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
@@ -228,7 +233,7 @@ def show(cmd: str, reply: dict[str, Any]) -> list[str]:
         return [f"Removed {reply['name']} from {reply['room']}"]
     if cmd == "ban":
         return [f"Banned {b['name']} ({b['kind']}) from {reply['room']}"
-                + (f" until {b['until']:.0f}" if b.get("until") else "")
+                + (f" until {_when(b['until'])}" if b.get("until") else "")
                 for b in reply.get("bans", [])]
     if cmd == "invites":
         return [", ".join(reply["invites"]) if reply.get("invites")
@@ -240,7 +245,7 @@ def show(cmd: str, reply: dict[str, Any]) -> list[str]:
                 f"{reply['room']}"]
     if cmd == "bans":
         return [f"{b['name']}  {b['kind']} ban by {b['by']}"
-                + (f" until {b['until']:.0f}" if b.get("until") else "")
+                + (f" until {_when(b['until'])}" if b.get("until") else "")
                 + (f": {b['reason']}" if b.get("reason") else "")
                 for b in reply.get("bans", [])] or [f"Nobody is banned from {reply['room']}"]
     if cmd == "stats":
