@@ -292,3 +292,151 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
+
+
+# -- the IRC gateway (issue 15) -------------------------------------------------------------
+
+GATEWAY_READY = re.compile(r"zchat IRC gateway ready: listen=(\S+):(\d+)")
+
+
+@dataclass
+class Gateway:
+    """A ``python -m gateway`` process: IRC clients connect to ``host``:``port``."""
+
+    proc: subprocess.Popen
+    log: Lines
+    host: str
+    port: int
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout)
+
+
+def start_gateway(broker: Broker, *extra: str, timeout: float = 10.0) -> Gateway:
+    """A gateway to ``broker`` on a free loopback port (the broker's keys, or plaintext)."""
+    args = ["--server", broker.router, "--listen", "127.0.0.1:0", *extra]
+    args += ["--insecure"] if broker.keys_dir is None else ["--keys", broker.keys_dir]
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", *args], cwd=ROOT, env=_env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    log = Lines(proc.stderr)
+    try:
+        ready = GATEWAY_READY.search(log.wait_for(GATEWAY_READY.search, timeout))
+    except AssertionError:
+        proc.kill()
+        raise
+    assert ready
+    return Gateway(proc, log, ready[1], int(ready[2]))
+
+
+class RawIrc:
+    """A bare IRC connection, for what a client library cannot express: CAP and tags,
+    raw bytes, a peer that never reads. Lines (without CR LF) are read by a thread."""
+
+    def __init__(self, gateway: Gateway, *, read: bool = True, rcvbuf: int | None = None,
+                 tls: Any = None):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:  # before connecting, so the window stays small
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(10)
+        sock.connect((gateway.host, gateway.port))
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname="localhost")
+        self.sock = sock
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self.closed = False
+        if read:
+            threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        buf = b""
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self.lines.put(None)
+                return
+            buf += data
+            *complete, buf = buf.split(b"\r\n")
+            for line in complete:
+                self.lines.put(line.decode("utf-8", "replace"))
+
+    def send(self, *lines: str | bytes) -> None:
+        self.sock.sendall(b"".join((line.encode() if isinstance(line, str) else line)
+                                   + b"\r\n" for line in lines))
+
+    def wait(self, match: Callable[[str], bool] | str, timeout: float = DEFAULT_WAIT) -> str:
+        """Read lines until one matches (a predicate, or a substring)."""
+        test = match if callable(match) else (lambda line: match in line)
+        deadline = time.monotonic() + timeout
+        while not self.closed:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                self.closed = True
+                break
+            self.seen.append(line)
+            if test(line):
+                return line
+        raise AssertionError(f"no line matching {match!r} within {timeout} s "
+                             f"(closed: {self.closed}); seen: {self.seen[-15:]!r}")
+
+    def wait_closed(self, timeout: float = DEFAULT_WAIT) -> list[str]:
+        """Read until the gateway closes the connection; the lines read meanwhile."""
+        start = len(self.seen)
+        deadline = time.monotonic() + timeout
+        while not self.closed:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"still open after {timeout} s; seen: "
+                                     f"{self.seen[-15:]!r}") from None
+            if line is None:
+                self.closed = True
+            else:
+                self.seen.append(line)
+        return self.seen[start:]
+
+    def drain(self, quiet: float = 0.3) -> list[str]:
+        """Lines that arrive until none has for ``quiet`` seconds (after a positive wait)."""
+        out = []
+        while not self.closed:
+            try:
+                line = self.lines.get(timeout=quiet)
+            except queue.Empty:
+                break
+            if line is None:
+                self.closed = True
+            else:
+                out.append(line)
+                self.seen.append(line)
+        return out
+
+    def register(self, nick: str, *caps: str, password: str | None = None) -> None:
+        """Register as ``nick``, asking for ``caps``; return once welcomed."""
+        lines = ["CAP LS 302"] if caps else []
+        if password is not None:
+            lines.append(f"PASS {password}")
+        lines += [f"NICK {nick}", f"USER {nick} 0 * :{nick}"]
+        if caps:
+            lines += [f"CAP REQ :{' '.join(caps)}", "CAP END"]
+        self.send(*lines)
+        self.wait(f" 001 {nick} ")
+        self.wait(" 376 ")  # the end of the MOTD: registration's last word
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
