@@ -15,6 +15,10 @@ Each turn drains what is ready, commits the store once, then sends: one frame pe
 and one per client (an array of that turn's messages), since CURVE, TCP and waking a
 peer cost per frame, not per message. Sends never block: a peer that cannot take a
 frame is ended, never waited for.
+
+The commit comes first even in a turn that wrote nothing: a store several cores share
+(PostgreSQL) answers it with a round trip proving this core still holds it, or raises
+Fenced, and then nothing more leaves this process (fencing; see broker/postgres.py).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from .auth import CHAT, CONTROL, ZAP_ENDPOINT, answer
 from .chat import Chat, Delivery, Publish
 from .guard import Connections, raise_fd_limit
 from .publisher import Publisher
-from .store import StoreError
+from .store import Fenced, StoreError
 
 log = logging.getLogger("zchat.broker")
 
@@ -121,10 +125,25 @@ class Broker:
         chat.pub_address = self.endpoints["pub"]
         self.pub = Publisher(ctx, self.publisher, publisher_conns, chat.grants)
         self.stopping = False
+        self.fenced: str | None = None  # why this core stopped sending, if it was fenced
 
     # -- the loop -------------------------------------------------------------------------
 
     def serve(self) -> None:
+        """Serve until stopped, then tell the clients. Or until the store turns out to be
+        held by another core (Fenced): then stop without sending anything more, and say
+        why in ``fenced``."""
+        try:
+            self._loop()
+        except Fenced as exc:
+            self._fence(exc)
+        self._farewell()
+
+    def _fence(self, exc: Fenced) -> None:
+        self.fenced = str(exc)
+        log.critical("FENCED: %s. This core sends nothing more.", exc)
+
+    def _loop(self) -> None:
         poller = zmq.Poller()
         for sock in (self.zap, self.router, self.control, *self.conns.monitors):
             poller.register(sock, zmq.POLLIN)
@@ -176,7 +195,6 @@ class Broker:
                 self.control.send_multipart(envelope + [pack(reply)], zmq.NOBLOCK)
             self._unavailable()
             turn_ended = self._mark
-        self._farewell()
 
     def _fd(self, peer: bytes) -> int:
         """The descriptor of the connection a peer is on now, or -1 if that is not known
@@ -203,9 +221,13 @@ class Broker:
 
     def _commit(self, out: list[Delivery], control: list[tuple[list[bytes], dict]]
                 ) -> list[Delivery]:
-        """Commit the turn; if the store refuses it, send only what did not depend on it."""
+        """Commit the turn; if the store refuses it, send only what did not depend on it.
+        A turn that wrote nothing commits too: for a store shared by several cores, that
+        is the round trip proving this one still holds it (broker/postgres.py)."""
         try:
             self.chat.store.commit()
+        except Fenced:
+            raise  # nothing of the turn goes out, nor of any turn after it
         except StoreError as exc:
             log.critical("STORE: a commit failed, the turn's writes are lost and were "
                          "never acknowledged: %s", exc)
@@ -343,8 +365,13 @@ class Broker:
                         break
 
     def _farewell(self) -> None:
-        log.info("Shutting down")
-        self._deliver(self.chat.shutdown("the broker is shutting down"))
+        if self.fenced is None:
+            log.info("Shutting down")
+            notices = self.chat.shutdown("the broker is shutting down")
+            try:  # sent as any turn's deliveries are: once the store says we still hold it
+                self._deliver(self._commit(notices, []))
+            except Fenced as exc:
+                self._fence(exc)
         self.chat.store.close()
         self.pub.stop()  # it closes the publisher socket
         self.conns.close()

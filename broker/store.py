@@ -58,6 +58,12 @@ class StoreError(Exception):
     """A commit failed: nothing of the turn was stored (the disk is full, say)."""
 
 
+class Fenced(StoreError):
+    """This process no longer holds the store: the session that made it the active core
+    is gone (broker/postgres.py), and another core may be active now. Nothing of the turn
+    was stored, and nothing more may be sent. Raised by commit() and by reads."""
+
+
 class Store(Protocol):
     writes: int  # grows with every write: a request wrote if it grew while it ran
     def problem(self) -> str | None: ...  # why writes are refused now, if they are
@@ -83,6 +89,8 @@ class Store(Protocol):
     def grant(self, room: str, kind: str, who: str, body: dict[str, Any]) -> None: ...
     def revoke(self, room: str, kind: str, who: str) -> None: ...
     def revoke_everywhere(self, kinds: tuple[str, ...], who: str) -> None: ...
+    # The turn's writes, or StoreError with none of them stored; Fenced if this process no
+    # longer holds the store. The loop sends nothing of a turn before this returns.
     def commit(self) -> None: ...
     def close(self) -> None: ...
 
@@ -122,6 +130,10 @@ CREATE INDEX IF NOT EXISTS room_access_who ON room_access (who);
 CREATE INDEX IF NOT EXISTS events_origin ON events (origin) WHERE origin IS NOT NULL;
 CREATE INDEX IF NOT EXISTS accounts_key ON accounts (key) WHERE key IS NOT NULL;
 """
+
+# A store several cores share (broker/postgres.py) is held by one at a time, and a core
+# that froze or vanished lets go of it after this many seconds (--lock-timeout).
+LOCK_TIMEOUT = 5.0
 
 # Writes stop while the disk has less than this free: the broker never fills the disk to
 # the last byte (where SQLite, and anything else on the machine, would start failing).

@@ -19,7 +19,7 @@ from pathlib import Path
 from schema import keys
 
 from . import terminal
-from .connection import Connection, Event, Refused, Unreachable, parse_address
+from .connection import Connection, Event, Refused, Unreachable, parse_servers
 from .render import render
 from .runner import EXIT_REFUSED, EXIT_UNREACHABLE, NAME_QUESTION, Runner
 
@@ -28,7 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m client", description="The zchat client.")
     p.add_argument("--server", default="tcp://127.0.0.1:5555", metavar="HOST:PORT",
                    help="the broker's address, HOST:PORT or tcp://HOST:PORT "
-                        "(default %(default)s)")
+                        "(default %(default)s); several, comma-separated, for a core and "
+                        "its standbys: the first that answers is used, the next once it "
+                        "is lost")
     p.add_argument("--name", help="log in with this nickname at once")
     p.add_argument("--json", action="store_true",
                    help="print every event as one JSON object per line")
@@ -81,7 +83,7 @@ def _credentials(args: argparse.Namespace) -> tuple[bytes | None, keys.KeyPair |
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        args.server = parse_address(args.server)
+        servers = parse_servers(args.server)
     except ValueError as exc:
         print(f"Error: --server: {exc}", file=sys.stderr, flush=True)
         return EXIT_REFUSED
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"Error: {exc}", file=sys.stderr, flush=True)
         return EXIT_REFUSED
-    conn = Connection(args.server, server_key=server_key, identity=identity)
+    conn = Connection(servers, server_key=server_key, identity=identity)
     try:
         conn.hello(timeout=args.timeout)
     except Unreachable as exc:
@@ -111,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.tui:
             from . import tui
-            return tui.run(conn, args.server)
+            return tui.run(conn, conn.server)  # the address that answered
         if interactive:
-            return terminal.run(conn, args.server, ask_name=not args.name)
+            return terminal.run(conn, conn.server, ask_name=not args.name)
         if not args.json:  # one line, so "Connected to" still starts the greeting
             question = "" if args.name else f". {NAME_QUESTION}"
-            show(Event("info", {"text": f"Connected to {args.server}{question}"}))
+            show(Event("info", {"text": f"Connected to {conn.server}{question}"}))
         runner = Runner(conn, show, sys.stdin.fileno(), outcomes=not args.json,
                         ask_name=None if args.name else "script",
                         notice=None if args.json else _notice)

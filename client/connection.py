@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +39,9 @@ HELD_BACK_MAX = 10_000  # early events kept while a gap is fetched
 # arrival, ours on sending, and the network may bunch requests up on the way.
 PACE_RATE_MARGIN = 0.9
 PACE_BURST_MARGIN = 0.1
+# With several addresses: once one is lost, each next one has this long to answer the
+# resume hello before we move on again (a live broker answers in milliseconds).
+MOVE_TIMEOUT = 2.0
 
 
 def parse_address(text: str) -> str:
@@ -53,6 +56,12 @@ def parse_address(text: str) -> str:
         raise ValueError(f"not a broker address: {text!r} (expected HOST:PORT, "
                          "for example 127.0.0.1:5555, or tcp://HOST:PORT)")
     return f"tcp://{host}:{int(port)}"
+
+
+def parse_servers(text: str) -> list[str]:
+    """``A,B,C``: the addresses of brokers that stand in for each other (a core and its
+    standbys), each as ``parse_address`` takes it."""
+    return [parse_address(part.strip()) for part in text.split(",")]
 
 
 class _Bucket:
@@ -225,13 +234,18 @@ def tune(sock: zmq.Socket) -> None:
 
 
 class Connection:
-    def __init__(self, server: str, *, server_key: bytes | None = None,
+    def __init__(self, server: str | Sequence[str], *, server_key: bytes | None = None,
                  identity: keys.KeyPair | None = None, ctx: zmq.Context | None = None,
                  clock: Callable[[], float] = time.monotonic):
-        """``server_key``: the broker's CURVE public key (z85), pinned; None for a
-        plaintext broker. ``identity``: our own key pair, to keep a registered nickname
-        across runs; a fresh one is made for each connection otherwise."""
-        self.server = server
+        """``server``: the broker's address, or several of brokers that stand in for each
+        other (a core and its standbys: one of them serves at a time); we use one, and
+        move to the next when it is lost. ``server_key``: the broker's CURVE public key
+        (z85), pinned; None for a plaintext broker. ``identity``: our own key pair, to
+        keep a registered nickname across runs; a fresh one is made for each connection
+        otherwise."""
+        self.servers = [server] if isinstance(server, str) else list(server)
+        self.server = self.servers[0]  # the address in use
+        self._moved = 0.0  # when we last moved to another address
         self.ctx = ctx or zmq.Context.instance()
         self.clock = clock
         self.client_id = os.urandom(8).hex()
@@ -279,14 +293,26 @@ class Connection:
     # -- lifecycle ------------------------------------------------------------------------
 
     def hello(self, timeout: float = 2.0) -> dict[str, Any]:
-        """Open the session; raise Unreachable if no broker answers within ``timeout``,
-        Refused if it says no (full, wrong version) or refuses our key."""
-        with keys.handshake_watch(self.dealer) as monitor:
-            self.dealer.connect(self.server)  # watched from the first attempt on
-            try:
-                return self._await_hello(timeout, monitor)
-            except keys.HandshakeRefused as exc:
-                raise Refused("handshake", str(exc)) from None
+        """Open the session with the first address that answers within ``timeout``;
+        raise Unreachable if none does, Refused if a broker says no (full, wrong version)
+        or refuses our key."""
+        with keys.handshake_watch(self.dealer) as monitor:  # from the first attempt on
+            for server in self.servers:
+                self.server = server
+                self.dealer.connect(server)
+                try:
+                    return self._await_hello(timeout, monitor)
+                except keys.HandshakeRefused as exc:
+                    raise Refused("handshake", str(exc)) from None
+                except Unreachable as exc:
+                    unanswered = exc
+                    if len(self.servers) > 1:
+                        self.dealer.disconnect(server)
+        if len(self.servers) == 1:
+            raise unanswered
+        hint = " (is --server-key the brokers' key?)" if self.secure else ""
+        raise Unreachable(f"No broker answered at {', '.join(self.servers)} within "
+                          f"{timeout:g} s each{hint}")
 
     def _await_hello(self, timeout: float, monitor: zmq.Socket) -> dict[str, Any]:
         rid = self._send("hello", self._hello_fields())
@@ -752,6 +778,9 @@ class Connection:
         if not self.lost and now - self._last_heard > self.timeout:
             self.lost = True
             self._emit("lost", server=self.server, silent=round(now - self._last_heard, 1))
+            self._move_on()
+        elif self.lost and now - max(self._last_heard, self._moved) > MOVE_TIMEOUT:
+            self._move_on()  # the address we moved to does not answer either
         for view in self.rooms.values():
             if now - view.heard > SILENT_ROOM:
                 # Our subscription may have been refused or lost: ask again, catch up.
@@ -759,6 +788,19 @@ class Connection:
                 self.sub.setsockopt(zmq.SUBSCRIBE, view.topic)
                 view.heard = now
                 self._catch_up(view)
+
+    def _move_on(self) -> None:
+        """With several addresses, leave the lost one for the next (round the list), and
+        resume there as after a broker restart: hello, nickname, rooms, catch-up, then
+        the unanswered requests again. Room seqs continue: the brokers share a store."""
+        if len(self.servers) < 2:
+            return  # the one broker is waited for: libzmq redials it
+        self.dealer.disconnect(self.server)  # what was queued for it is dropped...
+        self.server = self.servers[(self.servers.index(self.server) + 1) % len(self.servers)]
+        self.dealer.connect(self.server)
+        self._moved = self.clock()
+        self.resuming = False  # ...the hello in flight too: ask the new one at once
+        self._resume()
 
     def _send_ping(self) -> None:
         # Pings carry id 0: their replies prove the broker alive and time the round trip.

@@ -6,11 +6,14 @@ import pytest
 import zmq
 
 from .harness import Broker, Client, start_broker
+from .pgcluster import Cluster, MissingPostgres
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "broker_args(*args): extra command-line arguments for the broker fixture")
+    config.addinivalue_line("markers", "sqlite_only: a test of what only SQLite has")
+    config.addinivalue_line("markers", "postgres_only: a test of what only PostgreSQL has")
 
 
 @pytest.fixture
@@ -59,3 +62,29 @@ def brokers(tmp_path) -> Iterator[Callable[..., Broker]]:
     yield start
     for b in started:
         b.stop()
+
+
+# --- PostgreSQL: one throwaway cluster per test session, a database per test -----------------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A real PostgreSQL server of our own (tests/pgcluster.py), started on first use.
+    Without PostgreSQL's server installed, the tests that need it fail, saying so."""
+    try:
+        cluster = Cluster()
+    except MissingPostgres as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_dsn(pg_cluster: Cluster) -> str:
+    """The DSN of a new, empty database of the session's cluster."""
+    return pg_cluster.create_database()

@@ -440,3 +440,68 @@ class RawIrc:
             self.sock.close()
         except OSError:
             pass
+
+
+# --- cores on a shared PostgreSQL store ------------------------------------------------------
+
+STANDBY = "Standby:"  # how a core waiting for the store's lock says so
+
+
+@dataclass
+class Addresses:
+    """A broker's three fixed loopback addresses: a core that takes over serves there."""
+
+    router: str = field(default_factory=free_tcp_address)
+    pub: str = field(default_factory=free_tcp_address)
+    control: str = field(default_factory=free_tcp_address)
+
+
+def start_core(dsn: str, keys_dir: str, *extra: str, at: Addresses | None = None,
+               timeout: float = 15.0) -> Broker:
+    """A broker on the PostgreSQL store ``dsn``, with its own fixed addresses and the key
+    directory every core of the store shares (clients pin one broker key). Returns once
+    it serves or waits as a standby; ``serving`` says which."""
+    at = at or Addresses()
+    args = ["--bind", at.router, "--pub-bind", at.pub, "--control-bind", at.control,
+            "--store", dsn, "--keys", keys_dir, *extra]
+    proc = subprocess.Popen([sys.executable, "-m", "broker", *args], cwd=ROOT, env=_env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    log = Lines(proc.stderr)
+    try:
+        log.wait_for(lambda line: bool(READY.search(line)) or STANDBY in line, timeout)
+    except AssertionError:
+        proc.kill()
+        raise
+    return Broker(proc, log, at.router, at.pub, at.control, dsn, args)
+
+
+def serving(core: Broker) -> bool:
+    """Has this core served, as far as its log has been read? (See ``wait_serving``.)"""
+    return any(READY.search(line) for line in core.log.seen)
+
+
+def wait_serving(core: Broker, timeout: float) -> float:
+    """Wait until the core says it serves (again: a new incarnation); the seconds it took."""
+    started = time.monotonic()
+    core.log.wait_for(READY.search, timeout)
+    return time.monotonic() - started
+
+
+def stored_events(store: str, room: str) -> list[dict[str, Any]]:
+    """A room's stored events in seq order, read straight from the store: a PostgreSQL
+    DSN, or a SQLite file."""
+    import msgpack
+
+    query = "SELECT body FROM events WHERE room = {} ORDER BY seq"
+    if store.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(store) as db:
+            rows = db.execute(query.format("%s"), (room,)).fetchall()
+    else:
+        import sqlite3
+
+        with sqlite3.connect(store) as db:
+            rows = db.execute(query.format("?"), (room,)).fetchall()
+    return [msgpack.unpackb(body) for (body,) in rows]

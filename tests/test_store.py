@@ -1,17 +1,29 @@
-"""SqliteStore: rooms, their event streams, paging, and what survives a restart."""
+"""The stores: rooms, their event streams, paging, and what survives a restart.
+
+Every semantic test runs against both backends, SQLite and PostgreSQL (a real server,
+tests/pgcluster.py): they must behave alike. Tests of what only one has (SQLite's WAL
+checkpoints; PostgreSQL's lock and fencing) are marked ``sqlite_only`` or
+``postgres_only``.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import msgpack
+import psycopg
 import pytest
 
-from broker.store import SqliteStore, StoredRoom, StoreError
+from broker.postgres import PostgresStore
+from broker.store import Account, Fenced, SqliteStore, Store, StoredRoom, StoreError
 
 ROOT = Path(__file__).resolve().parent.parent
+sqlite_only = pytest.mark.sqlite_only
+postgres_only = pytest.mark.postgres_only
 
 
 def event(room: str, seq: int, **fields) -> dict:
@@ -19,14 +31,42 @@ def event(room: str, seq: int, **fields) -> dict:
             **fields}
 
 
+@dataclass
+class Place:
+    """Where a store lives, so that it can be opened again: a file, or a database."""
+
+    backend: str  # "sqlite" or "postgres"
+    where: str  # the file's path, or the database's DSN
+
+    def open(self) -> Store:
+        if self.backend == "sqlite":
+            return SqliteStore(self.where)
+        return PostgresStore(self.where, patience=10)  # the last holder may still be leaving
+
+    def count_events(self) -> int:
+        """How many events another connection sees committed."""
+        if self.backend == "sqlite":
+            with sqlite3.connect(self.where) as db:
+                return db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        with psycopg.connect(self.where) as db:
+            return db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def place(request, tmp_path) -> Place:
+    if request.param == "sqlite":
+        return Place("sqlite", str(tmp_path / "z.db"))
+    return Place("postgres", request.getfixturevalue("pg_dsn"))
+
+
 @pytest.fixture
-def store():
-    s = SqliteStore(":memory:")
+def store(place):
+    s = SqliteStore(":memory:") if place.backend == "sqlite" else place.open()
     yield s
     s.close()
 
 
-def fill(store: SqliteStore, room: str, last: int) -> None:
+def fill(store: Store, room: str, last: int) -> None:
     store.add_room(room, 1.0, "alice")
     for seq in range(1, last + 1):
         store.append(room, seq, event(room, seq))
@@ -164,13 +204,12 @@ def test_a_store_reads_its_own_uncommitted_writes(store):
 # --- durability ------------------------------------------------------------------------------
 
 
-def test_committed_rooms_and_events_survive_close_and_reopen(tmp_path):
-    path = str(tmp_path / "z.db")
-    s = SqliteStore(path)
+def test_committed_rooms_and_events_survive_close_and_reopen(place):
+    s = place.open()
     fill(s, "lounge", 3)
     s.commit()
     s.close()
-    reopened = SqliteStore(path)
+    reopened = place.open()
     try:
         assert reopened.rooms() == [StoredRoom("lounge", 1.0, "alice", 3)]
         assert reopened.events("lounge", limit=50) == [event("lounge", n) for n in (1, 2, 3)]
@@ -178,32 +217,28 @@ def test_committed_rooms_and_events_survive_close_and_reopen(tmp_path):
         reopened.close()
 
 
-def test_close_commits_what_was_written(tmp_path):
-    path = str(tmp_path / "z.db")
-    s = SqliteStore(path)
+def test_close_commits_what_was_written(place):
+    s = place.open()
     fill(s, "lounge", 2)
     s.close()  # no explicit commit
-    reopened = SqliteStore(path)
+    reopened = place.open()
     try:
         assert seqs(reopened.events("lounge", limit=50)) == [1, 2]
     finally:
         reopened.close()
 
 
-def test_uncommitted_writes_are_invisible_to_another_reader_until_commit(tmp_path):
-    path = str(tmp_path / "z.db")
-    writer = SqliteStore(path)
-    fill(writer, "lounge", 1)
-    writer.commit()
-    writer.append("lounge", 2, event("lounge", 2))
-    reader = sqlite3.connect(path)
+def test_uncommitted_writes_are_invisible_to_another_reader_until_commit(place):
+    writer = place.open()
     try:
-        count = "SELECT COUNT(*) FROM events"
-        assert reader.execute(count).fetchone() == (1,)
+        fill(writer, "lounge", 1)
         writer.commit()
-        assert reader.execute(count).fetchone() == (2,)
+        writer.append("lounge", 2, event("lounge", 2))
+        writer.events("lounge", limit=50)  # a read within the turn: its writes are sent
+        assert place.count_events() == 1
+        writer.commit()
+        assert place.count_events() == 2
     finally:
-        reader.close()
         writer.close()
 
 
@@ -215,26 +250,95 @@ def test_commit_without_writes_is_harmless(store):
     assert seqs(store.events("lounge", limit=50)) == [1]
 
 
-def test_a_writer_killed_before_commit_loses_only_the_uncommitted_turn(tmp_path):
-    path = tmp_path / "z.db"
+OPENERS = {"sqlite": "from broker.store import SqliteStore as Opened\n",
+           "postgres": "from broker.postgres import PostgresStore as Opened\n"}
+
+
+def test_a_writer_killed_before_commit_loses_only_the_uncommitted_turn(place):
     script = (
         "import os, sys\n"
-        "from broker.store import SqliteStore\n"
-        "s = SqliteStore(sys.argv[1])\n"
+        f"{OPENERS[place.backend]}"
+        "s = Opened(sys.argv[1])\n"
         "s.add_room('lounge', 1.0, 'alice')\n"
         "s.append('lounge', 1, {'seq': 1})\n"
         "s.commit()\n"
         "s.append('lounge', 2, {'seq': 2})\n"
+        "s.events('lounge', limit=50)  # the turn's writes are sent, not committed\n"
         "os._exit(0)  # like kill -9: no close, no commit\n"
     )
-    subprocess.run([sys.executable, "-c", script, str(path)], cwd=ROOT, check=True,
+    subprocess.run([sys.executable, "-c", script, place.where], cwd=ROOT, check=True,
                    timeout=30)
-    s = SqliteStore(str(path))
+    s = place.open()
     try:
         assert s.rooms() == [StoredRoom("lounge", 1.0, "alice", 1)]
         assert s.events("lounge", limit=50) == [{"seq": 1}]
     finally:
         s.close()
+
+
+# --- accounts, and what people set up to look after a room -----------------------------------
+
+
+def test_an_account_is_saved_replaced_counted_by_key_and_dropped(store):
+    assert store.account("alice") is None
+    store.save_account(Account("alice", "KEY1", b"salt", b"hash"))
+    store.save_account(Account("bob", "KEY1", None, None))
+    assert store.account("alice") == Account("alice", "KEY1", b"salt", b"hash")  # unsent
+    store.commit()
+    store.save_account(Account("alice", "KEY2", None, b"other"))  # a renewal replaces
+    store.commit()
+    assert store.account("alice") == Account("alice", "KEY2", None, b"other")
+    assert (store.accounts_of("KEY1"), store.accounts_of("KEY2")) == (1, 1)
+    store.drop_account("bob")
+    assert store.account("bob") is None and store.accounts_of("KEY1") == 0
+
+
+def test_room_settings_and_access_are_kept_per_room_and_go_with_it(store):
+    fill(store, "lounge", 1)
+    fill(store, "den", 1)
+    assert store.room_settings("lounge") == {} and store.room_access("lounge") == []
+    store.save_room_settings("lounge", {"invite": True, "subject": "héllo"})
+    store.save_room_settings("lounge", {"invite": False})  # replaces
+    store.grant("lounge", "role", "zed", {"role": "owner"})
+    store.grant("lounge", "invite", "amy", {"name": "Amy"})
+    store.grant("lounge", "role", "bob", {"role": "moderator"})
+    store.grant("lounge", "role", "bob", {"role": "owner"})  # replaces
+    store.grant("den", "role", "bob", {"role": "owner"})
+    store.commit()
+    assert store.room_settings("lounge") == {"invite": False}
+    assert store.room_access("lounge") == [("invite", "amy", {"name": "Amy"}),
+                                           ("role", "bob", {"role": "owner"}),
+                                           ("role", "zed", {"role": "owner"})]
+    store.revoke("lounge", "invite", "amy")
+    store.revoke_everywhere(("role",), "bob")
+    assert store.room_access("lounge") == [("role", "zed", {"role": "owner"})]
+    assert store.room_access("den") == []
+    store.drop_room("lounge")
+    assert store.room_settings("lounge") == {} and store.room_access("lounge") == []
+
+
+def test_a_rooms_size_is_the_bytes_of_its_stored_events(store):
+    assert store.room_size("lounge") == 0
+    fill(store, "lounge", 3)
+    fill(store, "den", 1)
+    packed = [msgpack.packb(event("lounge", seq)) for seq in (1, 2, 3)]
+    assert store.room_size("lounge") == sum(map(len, packed))
+
+
+def test_a_turn_with_a_failed_write_stores_none_of_its_writes(store):
+    fill(store, "lounge", 1)
+    store.commit()
+    store.save_account(Account("alice", "KEY", None, None))
+    store.add_room("lounge", 2.0, "bob")  # fails: the room exists
+    store.append("lounge", 2, event("lounge", 2))
+    assert seqs(store.events("lounge", limit=50))[0] == 1  # reads still work
+    with pytest.raises(StoreError):
+        store.commit()
+    assert store.account("alice") is None
+    assert seqs(store.events("lounge", limit=50)) == [1]
+    fill(store, "den", 1)  # and the next turn is a turn like any
+    store.commit()
+    assert {r.name for r in store.rooms()} == {"lounge", "den"}
 
 
 # --- retries: a message is recognised by its origin ------------------------------------------
@@ -251,20 +355,19 @@ def test_seq_of_finds_the_event_an_origin_made_in_that_room(store):
     assert store.seq_of("lounge", "cafe:9") is None
 
 
-def test_seq_of_survives_a_reopen(tmp_path):
-    path = str(tmp_path / "z.db")
-    s = SqliteStore(path)
+def test_seq_of_survives_a_reopen(place):
+    s = place.open()
     s.add_room("lounge", 1.0, "alice")
     s.append("lounge", 1, event("lounge", 1), "cafe:7")
     s.close()
-    reopened = SqliteStore(path)
+    reopened = place.open()
     try:
         assert reopened.seq_of("lounge", "cafe:7") == 1
     finally:
         reopened.close()
 
 
-# --- checkpoints off the loop thread ------------------------------------------------------
+# --- SQLite only: checkpoints off the loop thread -----------------------------------------
 
 
 def wal_frames(path: Path) -> int:
@@ -325,6 +428,7 @@ def wal(tmp_path, monkeypatch):
     w.close()
 
 
+@sqlite_only
 def test_commits_never_checkpoint_the_wal_themselves(wal):
     """A checkpoint's fsync would hold up a whole turn: the loop's commits leave them to
     the checkpoint thread (SQLite's own would run one every 1,000 pages)."""
@@ -332,6 +436,7 @@ def test_commits_never_checkpoint_the_wal_themselves(wal):
     assert wal_frames(wal.path) > 1200
 
 
+@sqlite_only
 def test_the_loop_finishes_a_checkpoint_the_thread_could_not_so_the_wal_starts_over(wal):
     """The WAL starts over only once a checkpoint has caught up with every write. Here a
     reader holding an old snapshot keeps the thread's round from catching up."""
@@ -351,6 +456,7 @@ def test_the_loop_finishes_a_checkpoint_the_thread_could_not_so_the_wal_starts_o
     assert seqs(wal.store.events("lounge", limit=200)) == list(range(3, 203))
 
 
+@sqlite_only
 def test_a_checkpoint_that_ran_during_a_turn_still_leads_the_loop_to_catch_up(wal):
     """The real case: the broker commits while the thread's checkpoint copies. That
     checkpoint reports every frame it knew of copied, yet the WAL cannot start over."""
@@ -364,6 +470,7 @@ def test_a_checkpoint_that_ran_during_a_turn_still_leads_the_loop_to_catch_up(wa
     assert wal_frames(wal.path) < 10
 
 
+@sqlite_only
 def test_a_failing_catch_up_is_logged_and_the_turn_still_commits(wal, caplog):
     """A checkpoint that fails (a full disk, say) loses nothing committed: the loop logs
     it and serves on, rather than ending the broker over it."""
@@ -395,9 +502,134 @@ def test_a_failing_catch_up_is_logged_and_the_turn_still_commits(wal, caplog):
     assert seqs(wal.store.events("lounge", limit=200)) == list(range(1, 102))
 
 
+@sqlite_only
 def test_closing_the_store_stops_its_checkpoint_thread(tmp_path):
     s = SqliteStore(str(tmp_path / "z.db"))
     thread = s._checkpoints
     assert thread is not None and thread.is_alive()
     s.close()
     assert not thread.is_alive()
+
+
+# --- PostgreSQL only: one active core, and fencing -------------------------------------------
+
+
+def end_session(cluster, dsn: str) -> None:
+    """End the store's session on the server, as an operator or a restart would."""
+    with psycopg.connect(cluster.dsn(), autocommit=True) as db:
+        for pid in cluster.backends(dsn):
+            db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def lock_taken(dsn: str, patience: float) -> PostgresStore:
+    """A second store on the database: it returns once it holds the lock."""
+    return PostgresStore(dsn, patience=patience)
+
+
+@postgres_only
+def test_a_second_store_waits_as_a_standby_until_the_first_lets_go(pg_dsn):
+    first = PostgresStore(pg_dsn)
+    fill(first, "lounge", 2)
+    first.commit()
+    with pytest.raises(TimeoutError):
+        lock_taken(pg_dsn, patience=0.6)
+    first.close()
+    second = lock_taken(pg_dsn, patience=5)
+    try:
+        assert second.rooms() == [StoredRoom("lounge", 1.0, "alice", 2)]
+    finally:
+        second.close()
+
+
+@postgres_only
+def test_a_store_whose_session_ended_is_fenced_even_in_a_turn_that_wrote_nothing(
+        pg_dsn, pg_cluster):
+    s = PostgresStore(pg_dsn)
+    try:
+        s.commit()  # a round trip: we hold it
+        end_session(pg_cluster, pg_dsn)
+        with pytest.raises(Fenced, match="session with PostgreSQL is gone"):
+            s.commit()
+    finally:
+        s.close()
+
+
+@postgres_only
+def test_a_fenced_turn_stores_nothing_and_its_reads_are_fenced_too(pg_dsn, pg_cluster):
+    s = PostgresStore(pg_dsn)
+    fill(s, "lounge", 1)
+    s.commit()
+    s.append("lounge", 2, event("lounge", 2))
+    end_session(pg_cluster, pg_dsn)
+    with pytest.raises(Fenced):
+        s.events("lounge", limit=50)
+    with pytest.raises(Fenced):
+        s.commit()
+    s.close()
+    after = lock_taken(pg_dsn, patience=5)
+    try:
+        assert seqs(after.events("lounge", limit=50)) == [1]
+    finally:
+        after.close()
+
+
+@postgres_only
+@pytest.mark.parametrize("last_turn", ["of statements", "of messages", "under way"])
+def test_a_frozen_holder_loses_the_lock_after_the_lock_timeout(pg_dsn, last_turn):
+    """A holder that makes no round trip (a frozen process) is ended by the server after
+    lock_timeout, whatever its last turn sent (a pipeline, a single statement), and in
+    the middle of a turn's transaction too: a standby takes over, and the holder's next
+    commit is fenced, storing nothing."""
+    frozen = PostgresStore(pg_dsn, lock_timeout=1.0)
+    fill(frozen, "lounge", 1)  # a room and its message: two statements, a pipeline
+    frozen.commit()
+    if last_turn == "of messages":
+        frozen.append("lounge", 2, event("lounge", 2))
+        frozen.commit()
+    elif last_turn == "under way":
+        frozen.append("lounge", 2, event("lounge", 2))
+        frozen.events("lounge", limit=50)  # the transaction is open on the server
+    standby = lock_taken(pg_dsn, patience=5)  # granted once the server ends that session
+    try:
+        with pytest.raises(Fenced, match="timeout"):
+            frozen.commit()
+        stored = [1, 2] if last_turn == "of messages" else [1]
+        assert seqs(standby.events("lounge", limit=50)) == stored
+    finally:
+        frozen.close()
+        standby.close()
+
+
+@postgres_only
+def test_a_server_restart_fences_the_holder_and_the_store_is_taken_again(pg_dsn,
+                                                                         pg_cluster):
+    s = PostgresStore(pg_dsn)
+    fill(s, "lounge", 3)
+    s.commit()
+    pg_cluster.restart("fast")
+    with pytest.raises(Fenced):
+        s.commit()
+    s.close()
+    again = lock_taken(pg_dsn, patience=10)
+    try:
+        assert again.rooms() == [StoredRoom("lounge", 1.0, "alice", 3)]
+    finally:
+        again.close()
+
+
+@postgres_only
+def test_a_turn_goes_to_the_server_as_one_pipeline_at_commit(pg_dsn):
+    """Writes wait in memory until the commit, and a read within the turn sends them
+    first: another reader sees none of them before the commit."""
+    s = PostgresStore(pg_dsn)
+    place = Place("postgres", pg_dsn)
+    try:
+        fill(s, "lounge", 100)
+        s.grant("lounge", "role", "alice", {"role": "owner"})
+        assert place.count_events() == 0
+        assert len(s.events("lounge", limit=200)) == 100  # read your writes
+        assert place.count_events() == 0
+        s.commit()
+        assert place.count_events() == 100
+    finally:
+        s.close()
