@@ -460,7 +460,13 @@ class Connection:
 
     def _delivers(self, out: _Outgoing) -> int:
         """What the broker will charge a request for delivering: its text times its
-        recipients, as far as we know them (a broadcast's: the users last listed)."""
+        recipients, as far as we know them (a broadcast's: the users last listed); a
+        join or a leave by those told of it (PROTOCOL.md §5.1)."""
+        if out.cmd in ("join", "leave"):
+            view = self.rooms.get(out.args.get("room", ""))
+            if out.cmd == "join":  # its members are not known before (a rejoin's are)
+                return P.text_weight({}) * max(len(view.members) if view else 1, 1)
+            return P.REKEY_WEIGHT * max(len(view.members) - 1 if view else 1, 1)
         text = out.args.get("text")
         if not isinstance(text, str) or out.cmd not in ("say", "whisper", "msg",
                                                         "broadcast"):

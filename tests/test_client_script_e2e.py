@@ -68,6 +68,24 @@ def test_requests_are_paced_to_the_rate_the_broker_announces(broker, clients):
     assert answers == ["reply"] * 30
 
 
+@pytest.mark.broker_args("--delivery-rate", "40000", "--delivery-burst", "40000")
+def test_joining_and_leaving_a_crowded_room_is_paced_never_refused(broker, clients, zctx):
+    """A leave is charged per member told of it (each gets a rekey): the client counts
+    that too, so leaving and rejoining a crowded room waits instead of being refused."""
+    crowd = [clients("--name", f"m{i}") for i in range(20)]
+    for member in crowd:  # 20 processes starting at once: slow on a busy machine
+        member.event("reply", cmd="login", timeout=30)
+    joined(crowd[0], "/create hall")
+    for member in crowd[1:]:
+        joined(member, "/join hall")
+    cycler = clients("--name", "cycler")
+    cycler.event("reply", cmd="login")
+    cycler.send(*["/join hall", "/leave hall"] * 3)
+    answers = [cycler.event(None, timeout=20, cmd=cmd) for cmd in ["join", "leave"] * 3]
+    assert [a["event"] for a in answers] == ["reply"] * 6, answers
+    assert "cycler" not in admin_json(broker.control, "ls")["rooms"][0]["members"]
+
+
 # --- the chatroom assignment: Success / Failure, exact texts ---------------------------------
 
 
