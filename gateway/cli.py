@@ -16,7 +16,7 @@ import resource
 import signal
 import sys
 
-from client.connection import Connection, Refused, Unreachable, parse_address
+from client.connection import Connection, Refused, Unreachable, parse_servers
 from schema import keys
 
 from .server import SENDQ, Gateway, is_loopback, tls_context
@@ -29,8 +29,10 @@ EXIT_OK, EXIT_USAGE, EXIT_REFUSED = 0, 2, 3
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m gateway",
                                 description="An IRC gateway to a zchat broker.")
-    p.add_argument("--server", default="tcp://127.0.0.1:5555", metavar="HOST:PORT",
-                   help="the zchat broker's address (default %(default)s)")
+    p.add_argument("--server", default="tcp://127.0.0.1:5555", metavar="HOST:PORT[,...]",
+                   help="the zchat broker's address, or a core's and its standbys' "
+                        "(each IRC user moves to the next when one is lost; "
+                        "default %(default)s)")
     p.add_argument("--listen", default="127.0.0.1:6667", metavar="HOST:PORT",
                    help="where IRC clients connect (default %(default)s; port 0: any free)")
     p.add_argument("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM)")
@@ -68,7 +70,7 @@ def _listen_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _probe(server: str, server_key: bytes | None) -> None:
+def _probe(server: list[str], server_key: bytes | None) -> None:
     """One hello at start: a wrong broker key is fatal now, not a mystery per client."""
     conn = Connection(server, server_key=server_key)
     try:
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        server = parse_address(args.server)
+        server = parse_servers(args.server)
         listen = _listen_address(args.listen)
     except ValueError as exc:
         print(f"Error: {exc}", file=sys.stderr, flush=True)
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, gateway.stop)
     host, port = gateway.address
     log.info("zchat IRC gateway ready: listen=%s:%d tls=%s broker=%s", host, port,
-             "on" if tls else "off", server)
+             "on" if tls else "off", ",".join(server))
     gateway.run()
     return EXIT_OK
 

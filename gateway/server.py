@@ -68,8 +68,9 @@ class Link:
 
 
 class Gateway:
-    def __init__(self, listen: tuple[str, int], server: str, *, server_key: bytes | None,
-                 tls: ssl.SSLContext | None = None, max_clients: int = 256,
+    def __init__(self, listen: tuple[str, int], server: list[str], *,
+                 server_key: bytes | None, tls: ssl.SSLContext | None = None,
+                 max_clients: int = 256,
                  sendq: int = SENDQ, ping_interval: float = 90.0,
                  register_timeout: float = 60.0, hello_timeout: float = 5.0):
         self.server = server
