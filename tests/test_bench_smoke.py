@@ -99,7 +99,10 @@ def test_a_tiny_run_against_ngircd_takes_turns_and_reports_the_ratios(tmp_path):
     assert [r["server"] for r in runs] == ["zchat", "floor", "ngircd"]
     for r in runs:
         assert r["sent"] > 0 and r["lost"] == 0 and r["duplicated"] == 0, r
-        assert r["errors"] == 0 and r["broker_cpu_us_per_delivery"] > 0
+        # CPU time is read in clock ticks (10 ms): ngIRCd's or the relay's share of so
+        # tiny a run may round down to none. zchat's, with CURVE and a store, never does.
+        assert r["errors"] == 0 and r["broker_cpu_us_per_delivery"] >= 0, r
+    assert runs[0]["broker_cpu_us_per_delivery"] > 0
     irc = runs[2]
     assert "ngIRCd" in irc["settings"] and irc["curve"] is False
     assert irc["delivered"] == 5 * irc["sent"]  # IRC sends nobody their own channel message
