@@ -19,7 +19,7 @@ import sys
 from client.connection import Connection, Refused, Unreachable, parse_servers
 from schema import keys
 
-from .server import SENDQ, Gateway, is_loopback, tls_context
+from .server import DESCRIPTORS_PER_CLIENT, SENDQ, Gateway, is_loopback, tls_context
 
 log = logging.getLogger("zchat.gateway")
 
@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ping-interval", type=float, default=90.0,
                    help="seconds of silence before a client is pinged, and again before "
                         "it is dropped (default %(default)s)")
-    p.add_argument("--register-timeout", type=float, default=60.0,
+    p.add_argument("--register-timeout", type=float, default=15.0,
                    help="seconds a client has to register (default %(default)s)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
@@ -116,7 +116,19 @@ def main(argv: list[str] | None = None) -> int:
     # Each IRC client costs a descriptor here and two zchat connections in libzmq.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    # About six descriptors a client (its socket, and libzmq's for two connections and
+    # their mailboxes), and some for the gateway itself: no more clients than that.
+    fits = max(1, (soft - 64) // DESCRIPTORS_PER_CLIENT) if soft != resource.RLIM_INFINITY \
+        else args.max_clients
+    if args.max_clients > fits:
+        log.warning("--max-clients %d lowered to %d: the limit of open files is %d",
+                    args.max_clients, fits, soft)
+        args.max_clients = fits
     try:
         gateway = Gateway(listen, server, server_key=server_key, tls=tls,
                           max_clients=args.max_clients, sendq=args.sendq,

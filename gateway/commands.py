@@ -16,19 +16,15 @@ from .core import (
     HOST,
     JOIN_MAX,
     SASL_MAX,
+    SERVICES,
     TARGETS_MAX,
     Channel,
     Core,
+    just_before,
     seq_of,
 )
 from .irc import Message
 from .names import from_channel, from_nick, key, to_channel, to_nick
-
-
-def _just_before(name: str) -> str:
-    """The greatest string that sorts before ``name`` and fits a listing's ``after``."""
-    last = ord(name[-1])
-    return name[:-1] + (chr(last - 1) + "\U0010ffff" if last > 1 else "")
 
 
 class Commands(Core):
@@ -41,7 +37,8 @@ class Commands(Core):
             self._negotiating = True
         if sub == "LS":
             version = msg.params[1] if len(msg.params) > 1 else ""
-            self._cap_302 = self._cap_302 or (version.isdigit() and int(version) >= 302)
+            self._cap_302 = self._cap_302 or (version.isascii() and version.isdigit()
+                                              and int(version) >= 302)
             offered = " ".join(f"{k}={v}" if v and self._cap_302 else k
                                for k, v in CAPS.items())
             self._send("CAP", target, "LS", offered)
@@ -172,7 +169,11 @@ class Commands(Core):
             for ch in list(self.channels.values()):
                 self._ask("leave", ("part", key(ch.room), ""), room=ch.room)
             return
-        targets = msg.params[0].split(",")[:JOIN_MAX]
+        targets = msg.params[0].split(",")
+        if len(targets) > JOIN_MAX:
+            self._num("407", targets[JOIN_MAX] or "*",
+                      f"Too many targets: at most {JOIN_MAX} channels in one JOIN")
+            targets = targets[:JOIN_MAX]
         keys = msg.params[1].split(",") if len(msg.params) > 1 else []
         for i, target in enumerate(targets):
             room = from_channel(target)
@@ -286,7 +287,12 @@ class Commands(Core):
         elif P.is_nickname(name):
             # Is that nickname online? The users listing sorts by code point: ask for the
             # first name after the one just before it.
-            self._ask("users", ("whois", nick), after=_just_before(name), limit=1)
+            # The listing's order is not zchat's fold: the spellings a client most
+            # likely means are asked in turn (as typed, lower, Capitalised, UPPER).
+            spellings = list(dict.fromkeys([name, name.lower(), name.capitalize(),
+                                            name.upper()]))
+            self._ask("users", ("whois", nick, tuple(spellings[1:])),
+                      after=just_before(spellings[0]), limit=1)
         else:
             self._num("401", nick, "No such nick")
             self._num("318", nick, "End of /WHOIS list")
@@ -309,18 +315,21 @@ class Commands(Core):
         inner = text[1:].removesuffix("\x01") if text.startswith("\x01") else None
         action = inner is not None and inner.upper().startswith("ACTION")
         for target in msg.params[0].split(",")[:TARGETS_MAX]:
-            why = ("say", target, msg.command, text)
+            why = ("say", target, msg.command, text, key(self.name or ""))
             found = self._channel(target)
             if target.startswith("#"):
                 if found is None:
                     self._num("404", target, "Cannot send to channel: you are not in it")
-                elif action:
-                    said = inner[6:].lstrip(" ") if inner else ""
-                    self._ask("say", why, room=found[1].room, text=said or " ", me=True)
                 else:
-                    self._ask("say", why, room=found[1].room, text=text)
+                    said = inner[6:].lstrip(" ") if inner and action else ""
+                    fields = {"text": said or " ", "me": True} if action else {"text": text}
+                    if self._ask("say", why, room=found[1].room, **fields) is not None:
+                        self._saying[why[4]] = self._saying.get(why[4], 0) + 1
                 continue
             name = from_nick(target)
+            if key(name) in SERVICES:
+                self._service(target, msg.command, text)
+                continue
             if self._me(name):
                 self._send(msg.command, self.nick or "*", text, source=self.prefix,
                            tags=self._tags(self.wall()))
@@ -335,6 +344,32 @@ class Commands(Core):
                           room=context[1].room, to=name, text=sent)
             else:
                 self._ask("msg", ("msg", target, msg.command, text), to=[name], text=sent)
+
+    def _service(self, target: str, command: str, text: str) -> None:
+        """NickServ and ChanServ are the gateway's: what IRC clients send them (their
+        IDENTIFY, with a password) never reaches a zchat user who took such a name."""
+        source = f"{target}!service@{self.server}"
+        if command == "NOTICE":
+            return
+        words = text.split()
+        if key(from_nick(target)) == "nickserv" and words and words[0].upper() == "IDENTIFY" \
+                and len(words) in (2, 3):
+            nick, password = (words[1], words[2]) if len(words) == 3 else (
+                self.nick or "", words[1])
+            name = from_nick(nick)
+            if self._me(name):
+                self._send("NOTICE", self.nick or "*", f"You are {nick} already.",
+                           source=source)
+            elif not P.is_nickname(name):
+                self._nick_refused(nick, "bad_username", "")
+            elif self._may_try_password():
+                self._ask("login", ("nick", nick), name=name, password=password)
+            return
+        what = ("zchat has no NickServ: claim a registered nickname with SASL PLAIN, "
+                "PASS, or /msg NickServ IDENTIFY NICK PASSWORD") \
+            if key(from_nick(target)) == "nickserv" else \
+            "zchat has no ChanServ: a room is run by its owners and moderators (MODE)"
+        self._send("NOTICE", self.nick or "*", what, source=source)
 
     def _cmd_mode(self, msg: Message) -> None:
         if not msg.params:
@@ -446,7 +481,8 @@ class Commands(Core):
             return
         target, ref, count = params[1], params[2], params[3]
         found = self._channel(target)
-        limit = min(int(count), P.HISTORY_PAGE_MAX) if count.isdigit() and int(count) else 0
+        limit = min(int(count), P.HISTORY_PAGE_MAX) \
+            if count.isascii() and count.isdigit() and int(count) else 0
         seq = None if ref == "*" else seq_of(ref)
         if found is None or not limit or (seq is None and not (sub == "LATEST" and ref == "*")):
             self._send("FAIL", "CHATHISTORY", "INVALID_TARGET" if found is None

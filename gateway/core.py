@@ -40,12 +40,18 @@ JOIN_MAX = 10  # channels in one JOIN
 LIST_PAGES_MAX = 5  # pages of rooms one LIST reads (at most 1000 rooms)
 WHO_PAGES_MAX = 10  # pages of members one NAMES or WHO of a room we are not in reads
 SASL_MAX = 1200  # bytes of an AUTHENTICATE payload (base64 of name, password, NULs)
-KEPT_NAMES = 8  # our own former nicknames remembered, to know our messages in a room
 # After a broker restart nobody's session survives and no leave is told: members come
 # back by themselves (joins we do not show again). Those not back this long after we
 # are are shown leaving, so the channel's names are zchat's again.
 RESYNC_AFTER = P.PEER_TIMEOUT + 1.0
 CHANNEL_CONTEXT = "+draft/channel-context"
+# zchat's budgets for password checks and room creations are kept by address, and every
+# user of the gateway comes from its address: one IRC connection may spend only this
+# much of them (docs/irc.md says so).
+PASSWORD_TRIES = 3  # passwords one connection may have checked (PASS, SASL, IDENTIFY)
+CREATIONS_MAX = 10  # rooms one connection may create within CREATIONS_WINDOW seconds
+CREATIONS_WINDOW = 3600.0  # (zchat allows an address 120 an hour)
+SERVICES = frozenset({"nickserv", "chanserv"})  # answered here, never a zchat user's
 
 ISUPPORT = [
     f"AWAYLEN={P.AWAY_MAX}",
@@ -99,11 +105,17 @@ def msgid(room: str, seq: int) -> str:
     return f"{seq}-{hashlib.sha256(key(room).encode()).hexdigest()[:10]}"
 
 
+def just_before(name: str) -> str:
+    """The greatest string that sorts before ``name`` and fits a listing's ``after``."""
+    last = ord(name[-1])
+    return name[:-1] + (chr(last - 1) + "\U0010ffff" if last > 1 else "")
+
+
 def seq_of(reference: str) -> int | None:
     """``msgid=12-ab..`` -> 12."""
     value = reference.removeprefix("msgid=")
     head = value.split("-", 1)[0]
-    return int(head) if head.isdigit() and value != reference else None
+    return int(head) if head.isascii() and head.isdigit() and value != reference else None
 
 
 _CHANNEL_ERRORS = {
@@ -137,12 +149,19 @@ class Core:
         self.realname = ""
         self._user_given = False
         self._password: str | None = None  # PASS
+        self._password_tries = 0
+        self._created: deque[float] = deque()  # when (wall clock) we created rooms
         self._sasl: str | None = None  # None, "plain" (reading), "checking", "done"
         self._sasl_data = ""
         self._sasl_login: tuple[str, str] | None = None
         self._registering: int | None = None  # the login that registration waits on
         self.name: str | None = None  # our zchat nickname, once logged in
-        self._mine: list[str] = []  # keys of the nicknames we held, newest last
+        self._named_at = 0.0  # when (wall clock) we took our current nickname
+        # Our room messages not yet acknowledged, by the key of the name they were sent
+        # under, and the (room key, seq) of those acknowledged lately: what the room
+        # tells of them is not shown again, even under a name we have given up since.
+        self._saying: dict[str, int] = {}
+        self._said: deque[tuple[str, int]] = deque(maxlen=64)
         self.registered = False
         self.channels: dict[str, Channel] = {}  # by key(room)
         self._replaying: dict[str, str | None] = {}  # rooms whose welcome is replayed
@@ -198,9 +217,14 @@ class Core:
         overhead = len(f":{source} {command} {target} :{prefix}".encode()) + 2
         if action:
             overhead += len("\x01ACTION \x01")
-        pieces = irc.split_text(neutralise(text), irc.LINE_MAX - overhead)
-        if len(pieces) > SPLIT_MAX:
-            rest = sum(len(p) for p in pieces[SPLIT_MAX - 1:])
+        # No more of it is neutralised and cut than SPLIT_MAX lines can show: a long text
+        # of invisible characters (each shown as <U+XXXX>) costs no more than a short one.
+        shown = neutralise(text[:SPLIT_MAX * irc.LINE_MAX])
+        pieces = irc.split_text(shown, irc.LINE_MAX - overhead, SPLIT_MAX)
+        told = sum(len(p) for p in pieces)
+        if told < len(shown) or len(text) > SPLIT_MAX * irc.LINE_MAX:
+            rest = len(shown) - told + sum(len(p) for p in pieces[SPLIT_MAX - 1:]) \
+                + max(0, len(text) - SPLIT_MAX * irc.LINE_MAX)
             pieces = pieces[:SPLIT_MAX - 1] + [
                 f"[{rest} more characters: the whole message is in zchat]"]
         for piece in pieces:
@@ -221,13 +245,30 @@ class Core:
         return rid
 
     def _me(self, name: Any) -> bool:
-        return isinstance(name, str) and key(name) in self._mine
+        """Is ``name`` ours now? Only the current one: a nickname we gave up is anyone's
+        who takes it next, and what they say or suffer is theirs."""
+        return isinstance(name, str) and self.name is not None and key(name) == key(
+            self.name)
+
+    def _ours(self, d: dict[str, Any]) -> bool:
+        """Is this live room message one we sent (and echoed, or chose not to)?"""
+        sender, room = d.get("from"), d.get("room")
+        if self._me(sender):
+            return True
+        if not isinstance(sender, str) or not isinstance(room, str):
+            return False
+        return bool(self._saying.get(key(sender))) or (key(room), d.get("seq")) in self._said
+
+    def _was_me(self, name: Any, ts: Any) -> bool:
+        """Was a past line by ``name`` ours? Only if it is our name now and it was said
+        since we took it; otherwise (a former nickname, or ours before we held it) we
+        cannot tell, and it is shown as the other person's it may have been."""
+        return self._me(name) and isinstance(ts, (int, float)) and ts >= self._named_at
 
     def _took_name(self, name: str) -> None:
         self.name = name
         self.nick = to_nick(name)
-        self._mine = [k for k in self._mine if k != key(name)][-(KEPT_NAMES - 1):]
-        self._mine.append(key(name))
+        self._named_at = self.wall() - 1.0  # zchat's clock and ours may differ a little
 
     def _channel(self, target: str) -> tuple[str, Channel] | None:
         room = from_channel(target)
@@ -255,9 +296,29 @@ class Core:
             self._welcome()
             return
         if self._registering is None:
+            if self._password is not None and not self._may_try_password():
+                return  # 464 said so: another nickname may be tried
             self._registering = self._ask("login", ("register", self.nick),
                                           name=from_nick(self.nick),
                                           password=self._password)
+
+    def _may_try_password(self) -> bool:
+        """One more password checked for this connection? Else 464, and no."""
+        if self._password_tries >= PASSWORD_TRIES:
+            self._send("464", self.nick if self.registered and self.nick else "*",
+                       "Password incorrect: too many password attempts on this connection")
+            return False
+        self._password_tries += 1
+        return True
+
+    def _may_create(self) -> bool:
+        now = self.wall()
+        while self._created and now - self._created[0] > CREATIONS_WINDOW:
+            self._created.popleft()
+        if len(self._created) >= CREATIONS_MAX:
+            return False
+        self._created.append(now)
+        return True
 
     def _welcome(self) -> None:
         self.registered = True
@@ -280,7 +341,7 @@ class Core:
         target = self.nick if self.registered and self.nick else "*"
         if code == "bad_username":
             line = ("432", nick, "Erroneous nickname: not a zchat nickname")
-        elif code == "bad_password":
+        elif code in ("bad_password", "rate_limited"):
             line = ("464", f"Password incorrect: {text}")
         elif code == "name_reserved":
             line = ("433", nick, "Nickname is registered: give its password with SASL "
@@ -305,13 +366,16 @@ class Core:
             self._send("BATCH", f"-{ref}")
 
     def _room_text(self, d: dict[str, Any], target: str, batch: str | None,
-                   replayed: bool = False) -> None:
+                   replayed: bool = False, past: bool = False) -> None:
+        """A room message; ``past``: from history (a welcome's replay or CHATHISTORY),
+        shown under the name it was said with, as ours only if it surely was."""
         sender = d.get("from")
         text = d.get("text")
         if not isinstance(sender, str) or not isinstance(text, str):
             return
-        source = self.prefix if self._me(sender) else self._who_prefix(sender)
         seq, ts = d.get("seq"), d.get("ts")
+        mine = self._was_me(sender, ts) if past or replayed else self._me(sender)
+        source = self.prefix if mine else self._who_prefix(sender)
         mid = msgid(d.get("room") or "", seq) if isinstance(seq, int) else None
         prefix = ""
         if replayed and "server-time" not in self.caps and isinstance(ts, (int, float)):

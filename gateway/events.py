@@ -24,7 +24,7 @@ class Events(Core):
             if k in self._replaying and self._replaying[k] is None:
                 self._replaying[k] = self._open_batch("chathistory", target) or ""
             self._room_text(d, target, self._replaying.get(k) or None, replayed=True)
-        elif not self._me(d.get("from")):  # ours was echoed when zchat took it
+        elif not self._ours(d):  # ours was echoed when zchat took it
             self._room_text(d, target, None)
 
     def _ev_join(self, d: dict[str, Any]) -> None:

@@ -13,7 +13,9 @@ users is also ``neutralise``d before it gets here, as the zchat client shows it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from client.render import clean
 
@@ -72,34 +74,103 @@ class LineReader:
 
     A line over the limits, a NUL, or more buffered without a line end than one line may
     hold is no honest client's (they split long text themselves): the connection is
-    closed rather than have us guess where its next command starts."""
+    closed rather than have us guess where its next command starts.
+
+    ``push`` buffers what was read, ``take`` returns at most ``limit`` whole lines of it
+    (the loop takes a bounded number a turn; the rest waits, and ``has_line`` says so)."""
 
     MAX = CLIENT_TAGS_MAX + LINE_MAX
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._tail = 0  # bytes after the last line end
 
-    def feed(self, data: bytes) -> list[bytes]:
-        self._buf += data
-        if b"\0" in self._buf:
+    def push(self, data: bytes) -> None:
+        if b"\0" in data:
             raise LineError("NUL in a line")
-        lines = []
-        start = 0
-        buf = self._buf
-        while True:
-            ends = [i for i in (buf.find(b"\r", start), buf.find(b"\n", start)) if i >= 0]
-            if not ends:
+        self._buf += data
+        end = max(data.rfind(b"\r"), data.rfind(b"\n"))
+        self._tail = self._tail + len(data) if end < 0 else len(data) - end - 1
+        if self._tail > self.MAX:
+            raise LineError("Line too long")
+
+    def has_line(self) -> bool:
+        return len(self._buf) > self._tail
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def take(self, limit: int | None = None) -> list[bytes]:
+        lines: list[bytes] = []
+        buf, start, stop = self._buf, 0, len(self._buf) - self._tail
+        while start < stop and (limit is None or len(lines) < limit):
+            found = _LINE_END.search(buf, start, stop)
+            if found is None:  # cannot be: stop is just past a line end
                 break
-            end = min(ends)
+            end = found.start()
             line = bytes(buf[start:end])
             start = end + 1
             if line:
                 check_length(line)
                 lines.append(line)
         del buf[:start]
-        if len(buf) > self.MAX:
-            raise LineError("Line too long")
         return lines
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """``push`` and ``take`` every whole line."""
+        self.push(data)
+        return self.take()
+
+
+_LINE_END = re.compile(rb"[\r\n]")
+
+# What a command costs a client's flood budget (Penalty): those answered with many lines
+# or that ask zchat for pages cost more than a line.
+COSTS = {b"WHO": 4.0, b"NAMES": 4.0, b"LIST": 8.0, b"WHOIS": 3.0, b"CHATHISTORY": 4.0,
+         b"JOIN": 2.0, b"MOTD": 3.0}
+
+
+def command_of(line: bytes) -> bytes:
+    """The command word of a raw line (upper case), without parsing the rest."""
+    rest = line
+    if rest.startswith(b"@"):
+        rest = rest.partition(b" ")[2]
+    rest = rest.lstrip(b" ")
+    if rest.startswith(b":"):
+        rest = rest.partition(b" ")[2].lstrip(b" ")
+    return rest.split(b" ", 1)[0].upper()
+
+
+class Penalty:
+    """A client's flood budget, as IRC servers' "fake lag": each line adds its cost
+    (``COSTS``, else 1) to a debt that is paid off at ``rate`` a second; lines are
+    carried out while the debt is below ``burst``, and wait otherwise. Pure: the time is
+    given."""
+
+    def __init__(self, rate: float = 10.0, burst: float = 40.0) -> None:
+        self.rate, self.burst = rate, burst
+        self.debt = 0.0
+        self._at: float | None = None
+
+    def _settle(self, now: float) -> None:
+        if self._at is not None:
+            self.debt = max(0.0, self.debt - (now - self._at) * self.rate)
+        self._at = now
+
+    def ready(self, now: float) -> bool:
+        self._settle(now)
+        return self.debt < self.burst
+
+    def charge(self, line: bytes, now: float) -> None:
+        self._settle(now)
+        self.debt += COSTS.get(command_of(line), 1.0)
+
+    def wait(self, now: float) -> float:
+        """Seconds until a line may be carried out again (0: now)."""
+        self._settle(now)
+        return max(0.0, (self.debt - self.burst) / self.rate + 0.001) \
+            if self.debt >= self.burst else 0.0
 
 
 def check_length(line: bytes) -> None:
@@ -202,21 +273,32 @@ def neutralise(text: str) -> str:
     room) and no terminal escape ever reaches the IRC client."""
     if text.isprintable():
         return text
-    return "".join(ch if ch in FORMATTING else clean(ch) for ch in text)
+    return "".join(ch if ch.isprintable() else _shown(ch) for ch in text)
 
 
-def split_text(text: str, budget: int) -> list[str]:
+@lru_cache(maxsize=4096)
+def _shown(ch: str) -> str:
+    """One character that is not printable, as ``neutralise`` shows it (remembered:
+    a text of thousands of them costs thousands of look-ups, not of ``clean`` calls)."""
+    return ch if ch in FORMATTING else clean(ch)
+
+
+def split_text(text: str, budget: int, limit: int | None = None) -> list[str]:
     """Cut ``text`` into pieces of at most ``budget`` UTF-8 bytes, at a space when one is
-    near the end of a piece. Never returns an empty list."""
+    near the end of a piece; at most ``limit`` pieces (what is left after them is not
+    returned: the caller compares lengths). Never returns an empty list. Linear."""
     budget = max(budget, 16)
-    pieces = []
+    pieces: list[str] = []
     data = text.encode()
-    while len(data) > budget:
-        piece = _cut(data, budget)
+    at, size = 0, len(data)
+    while size - at > budget:
+        if limit is not None and len(pieces) >= limit:
+            return pieces
+        piece = data[at:at + budget].decode("utf-8", "ignore").encode()
         space = piece.rfind(b" ", budget // 2)
         if space > 0:
             piece = piece[:space + 1]
         pieces.append(piece.decode())
-        data = data[len(piece):]
-    pieces.append(data.decode())
+        at += len(piece)
+    pieces.append(data[at:].decode())
     return pieces

@@ -8,7 +8,7 @@ from typing import Any
 
 from schema import protocol as P
 
-from .core import LIST_PAGES_MAX, WHO_PAGES_MAX, Channel, Core, msgid
+from .core import LIST_PAGES_MAX, WHO_PAGES_MAX, Channel, Core, just_before, msgid
 from .irc import neutralise
 from .names import from_channel, from_nick, key, to_channel, to_nick
 
@@ -50,12 +50,18 @@ class Replies(Core):
         self._send("NICK", self.nick or "*", source=old)
 
     def _re_join(self, why: tuple[Any, ...], ok: bool, d: dict[str, Any]) -> None:
-        _, target, room_key, retried = why
+        _, target, room_key, retried = why  # retried: False, "create" (was missing), True
         if ok:
             self._joined(d)
         elif d.get("code") == "no_such_room" and not retried:
-            self._ask("create", ("join", target, room_key, True), room=from_channel(target))
-        elif d.get("code") == "room_exists" and not retried:
+            if not self._may_create():
+                self._num("403", target, "No such channel, and this connection has "
+                                         "created rooms enough lately: try again later")
+                return
+            self._ask("create", ("join", target, room_key, "create"),
+                      room=from_channel(target))
+        elif d.get("code") == "room_exists" and retried is not True:
+            # Someone created it between our join and our create: join it, once.
             self._ask("join", ("join", target, room_key, True), room=from_channel(target),
                       key=room_key)
         else:
@@ -148,10 +154,13 @@ class Replies(Core):
         self._num("315", target, "End of /WHO list")
 
     def _re_whois(self, why: tuple[Any, ...], ok: bool, d: dict[str, Any]) -> None:
-        nick = why[1]
+        nick, others = why[1], why[2] if len(why) > 2 else ()
         users = d.get("users") or [] if ok else []
         if users and isinstance(users[0], str) and key(users[0]) == key(from_nick(nick)):
             self._whois(to_nick(users[0]), [])
+        elif ok and others:
+            self._ask("users", ("whois", nick, others[1:]), after=just_before(others[0]),
+                      limit=1)
         else:
             self._num("401", nick, "No such nick")
             self._num("318", nick, "End of /WHOIS list")
@@ -193,7 +202,14 @@ class Replies(Core):
         self._num("323", "End of /LIST")
 
     def _re_say(self, why: tuple[Any, ...], ok: bool, d: dict[str, Any]) -> None:
-        _, target, command, text = why
+        _, target, command, text, as_name = why
+        left = self._saying.get(as_name, 0) - 1
+        if left > 0:
+            self._saying[as_name] = left
+        else:
+            self._saying.pop(as_name, None)
+        if ok and isinstance(d.get("seq"), int):
+            self._said.append((key(from_channel(target) or ""), d["seq"]))
         if not ok:
             self._num("404", target, f"Cannot send to channel: {d.get('text')}")
             return
@@ -272,7 +288,7 @@ class Replies(Core):
         for e in d.get("events") or ():
             if isinstance(e, dict) and e.get("ev") == "msg" and (
                     newer_than is None or (e.get("seq") or 0) > newer_than):
-                self._room_text(e, target, batch)
+                self._room_text(e, target, batch, past=True)
         if batch:
             self._send("BATCH", f"-{batch}")
 

@@ -34,7 +34,7 @@ import zmq
 
 from client.connection import Connection, Refused, Unreachable
 
-from .irc import LineError, LineReader, Message, format_line
+from .irc import LineError, LineReader, Message, Penalty, format_line
 from .session import Session
 
 log = logging.getLogger("zchat.gateway")
@@ -43,6 +43,16 @@ READ_SIZE = 16384  # bytes read from one client per turn (one TLS record at most
 WRITE_SIZE = 65536
 SENDQ = 1 << 20  # bytes waiting to be written to one client before it is dropped
 OPENING_MAX = 16  # zchat sessions being opened at once
+HOUSEKEEPING_SLACK = 0.05  # seconds a Connection's housekeeping may wait for company
+TLS_HOLD = 4 * READ_SIZE  # bytes a TLS client's unread lines may take before reading stops
+LINES_PER_TURN = 20  # lines of one client carried out a turn; the rest waits its turn
+EVENTS_PER_TURN = 256  # zchat events of one client handled a turn; the rest waits too
+FLOOD_TIME = 10.0  # seconds a client may be held back by its flood budget before ERROR
+DESCRIPTORS_PER_CLIENT = 6  # its socket, libzmq's for its two connections and mailboxes
+ACCEPT_PAUSE = 0.5  # seconds the listener rests when we are out of descriptors
+ACCEPT_LOG_EVERY = 10.0  # seconds between two log lines about it
+UNREGISTERED_SHARE = 4  # at most max_clients / this connections not registered yet
+IDLE_GRACE = 1.0  # seconds a new connection has to begin registering before it is "idle"
 LINGER = 1.0  # seconds to flush an ERROR, or for zchat to answer a bye, before closing
 SNDBUF = 256 << 10  # the kernel's share of what waits for a client, fixed (no autotuning)
 
@@ -65,6 +75,11 @@ class Link:
     pinged: float | None = None
     closing: float | None = None  # the deadline to flush what is left, once closing
     wants_write: bool = False  # TLS: a read or handshake needs the socket writable
+    penalty: Penalty = field(default_factory=Penalty)
+    held_since: float | None = None  # since when its flood budget holds its lines back
+    events: deque[Any] = field(default_factory=deque)  # zchat events not yet handled
+    want: int = zmq.POLLIN  # what its socket is polled for (changed only when it changes)
+    conn_due: float = 0.0  # when its Connection's housekeeping is next due
 
 
 class Gateway:
@@ -72,7 +87,7 @@ class Gateway:
                  server_key: bytes | None, tls: ssl.SSLContext | None = None,
                  max_clients: int = 256,
                  sendq: int = SENDQ, ping_interval: float = 90.0,
-                 register_timeout: float = 60.0, hello_timeout: float = 5.0):
+                 register_timeout: float = 15.0, hello_timeout: float = 5.0):
         self.server = server
         self.server_key = server_key
         self.tls = tls
@@ -89,6 +104,10 @@ class Gateway:
         self.address = self.listener.getsockname()[:2]
         self.created = time.strftime("%Y-%m-%d %H:%M:%S")
         self.links: dict[int, Link] = {}  # by socket descriptor
+        self._unregistered: dict[int, Link] = {}  # those not registered yet, oldest first
+        self._accept_paused: float | None = None  # until when, out of descriptors
+        self._accept_failures = 0
+        self._accept_logged = -math.inf
         self._to_open: deque[Link] = deque()
         self._opening = 0
         self._opened: queue.SimpleQueue[tuple[Link, Connection | None, str]] = \
@@ -116,11 +135,25 @@ class Gateway:
         due = [1.0]
         for link in self.links.values():
             if link.conn is not None:
-                due.append(link.conn.next_wakeup())
+                wakeup = link.conn.next_wakeup()
+                link.conn_due = now + wakeup
+                # A little late, so that the Connections due about then share one turn.
+                due.append(wakeup + HOUSEKEEPING_SLACK)
             if link.closing is not None:
                 due.append(max(0.0, link.closing - now))
+            elif link.events:
+                due.append(0.0)
+            elif link.reader.has_line() and len(link.out) < self.sendq // 2 \
+                    and not _waits(link):
+                due.append(link.penalty.wait(now))
         if self._retiring:
             due.append(0.05)
+        if self._accept_paused is not None:
+            if now >= self._accept_paused:
+                self._accept_paused = None
+                self.poller.modify(self.listener, zmq.POLLIN)
+            else:
+                due.append(self._accept_paused - now)
         try:
             # Rounded up: pyzmq truncates a fraction of a millisecond to 0, a busy spin.
             ready = dict(self.poller.poll(math.ceil(min(due) * 1000)))
@@ -144,11 +177,19 @@ class Gateway:
             if flags & zmq.POLLIN and link.closing is None:
                 self._read(link)
         for link in list(self.links.values()):
-            if link.conn is not None:
-                events = link.conn.pump()
-                if events:
-                    self._safely(link, self._events, link, events)
-            self._after(link, time.monotonic())
+            now = time.monotonic()
+            self._lines(link, now)
+            conn = link.conn
+            # An idle Connection is pumped only when its sockets have something or its
+            # housekeeping is due: with many clients, not each of them every turn.
+            if conn is not None and (conn.dealer in ready or conn.sub in ready
+                                     or now >= link.conn_due):
+                link.events.extend(conn.pump())
+            if link.events:
+                batch = [link.events.popleft()
+                         for _ in range(min(EVENTS_PER_TURN, len(link.events)))]
+                self._safely(link, self._events, link, batch)
+            self._after(link, now)
         self._retire()
 
     @staticmethod
@@ -173,13 +214,14 @@ class Gateway:
                 sock, addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors, say: try again next turn
-                log.warning("accept failed: %s", exc)
+            except OSError as exc:  # out of descriptors, say: rest, then try again
+                self._accept_failed(exc)
                 return
             peer = f"{addr[0]}:{addr[1]}"
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._make_room()
             if len(self.links) >= self.max_clients:
                 try:
                     sock.send(format_line(Message("ERROR", ["Closing Link: * (Server full)"])))
@@ -195,7 +237,43 @@ class Gateway:
                                                  do_handshake_on_connect=False)
                 link.tls = link.handshaking = True
             self.links[link.sock.fileno()] = link
+            self._unregistered[link.sock.fileno()] = link
             self.poller.register(link.sock.fileno(), zmq.POLLIN)
+
+    def _make_room(self) -> None:
+        """Idle connections that never register cannot keep everyone out: past a share
+        of the places (or when all are taken), the oldest of those that have had
+        IDLE_GRACE to begin and are not logging in makes room for the next one."""
+        now = time.monotonic()
+        idle = [u for u in self._unregistered.values() if not u.opening
+                and u.conn is None and not u.session.wants_broker]
+        if len(idle) < max(1, self.max_clients // UNREGISTERED_SHARE) \
+                and len(self.links) < self.max_clients:
+            return
+        # When every place is taken, the newcomer would be refused: a shorter grace.
+        grace = IDLE_GRACE if len(self.links) < self.max_clients else IDLE_GRACE / 4
+        oldest = next((u for u in idle if now - u.born >= grace), None)
+        if oldest is None:
+            return
+        log.info("%s: dropped: too many connections not registered", oldest.peer)
+        oldest.session.fatal("Too many connections not registered yet")
+        for line in oldest.session.take():
+            oldest.out += line
+        self._write(oldest)
+        self._drop(oldest)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        now = time.monotonic()
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            # The connection stays in the backlog; polling the listener again at once
+            # would only spin. Rest it a moment.
+            self._accept_paused = now + ACCEPT_PAUSE
+            self.poller.modify(self.listener, 0)
+        self._accept_failures += 1
+        if now - self._accept_logged >= ACCEPT_LOG_EVERY:
+            log.warning("accept failed: %s (%d times since the last report)", exc,
+                        self._accept_failures)
+            self._accept_logged, self._accept_failures = now, 0
 
     def _handshake(self, link: Link) -> None:
         assert isinstance(link.sock, ssl.SSLSocket)
@@ -290,16 +368,42 @@ class Gateway:
         link.heard = time.monotonic()
         link.pinged = None
         try:
-            lines = link.reader.feed(data)
+            link.reader.push(data)
         except LineError as exc:
             link.session.fatal(str(exc))
+
+    def _lines(self, link: Link, now: float) -> None:
+        """Carry out what the client sent, within its share of the turn: at most
+        LINES_PER_TURN lines, while its flood budget (Penalty) allows and while what it
+        has to read is less than half its sendq. Past FLOOD_TIME held back: a flood."""
+        session = link.session
+        if link.closing is not None or session.closed is not None or _waits(link):
             return
-        for line in lines:
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s <- %r", link.peer, _redacted(line))
-            self._safely(link, link.session.receive, line)
-            if link.session.closed is not None:
+        for _ in range(LINES_PER_TURN):
+            if not link.reader.has_line() or len(link.out) >= self.sendq // 2:
+                link.held_since = None
+                return
+            if not link.penalty.ready(now):
                 break
+            try:
+                taken = link.reader.take(1)
+            except LineError as exc:
+                session.fatal(str(exc))
+                return
+            for line in taken:
+                link.penalty.charge(line, now)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s <- %r", link.peer, _redacted(line))
+                self._safely(link, session.receive, line)
+            if session.closed is not None:
+                return
+        else:
+            link.held_since = None
+            return
+        if link.held_since is None:
+            link.held_since = now
+        elif now - link.held_since > FLOOD_TIME:
+            session.fatal("Excess Flood")
 
     def _write(self, link: Link) -> None:
         if link.wants_write and link.tls:
@@ -323,18 +427,24 @@ class Gateway:
         if link.sock.fileno() < 0:
             return
         session = link.session
+        if session.registered and link.sock.fileno() in self._unregistered:
+            del self._unregistered[link.sock.fileno()]
         for line in session.take():
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("%s -> %r", link.peer, line)
             link.out += line
         if session.wants_broker and not link.opening and link.conn is None:
             self._open(link)
+        if len(link.out) > self.sendq and not link.handshaking:
+            self._write(link)  # what it reads promptly is not held against it
+            if link.sock.fileno() < 0:
+                return
         if len(link.out) > self.sendq and link.closing is None:
             log.info("%s (%s): SendQ exceeded", link.peer, session.nick)
             self._drop(link)  # it does not read: nothing it would read matters now
             return
         if session.closed is not None and link.closing is None:
-            log.info("%s (%s): closed: %s", link.peer, session.nick, session.closed)
+            log.info("%s (%s): closed: %r", link.peer, session.nick, session.closed)
             link.closing = now + LINGER
         if link.closing is None:
             self._timers(link, now)
@@ -349,9 +459,20 @@ class Gateway:
             self._drop(link)
             return
         # A closing client is not read from any more: what it sends changes nothing.
-        want = (zmq.POLLIN if link.closing is None else 0) | (
+        # Nor one whose last lines wait their turn: the kernel holds the rest. Nor one
+        # whose zchat connection is lost or resuming: what it sends would only pile up
+        # (and be a flood); it is not timed out for that silence.
+        if _waits(link):
+            link.heard, link.pinged = now, None
+        # (TLS: polled while less than TLS_HOLD waits, as a gap in the poll was seen to
+        # leave a fresh TLS client unread now and then; the cause is not yet known.)
+        held = link.reader.has_line() and not (link.tls and link.reader.buffered < TLS_HOLD)
+        reading = link.closing is None and not held and not _waits(link)
+        want = (zmq.POLLIN if reading else 0) | (
             zmq.POLLOUT if link.out or link.wants_write else 0)
-        self.poller.modify(link.sock.fileno(), want)  # 0: unregistered until it changes
+        if want != link.want:
+            link.want = want
+            self.poller.modify(link.sock.fileno(), want)  # 0: unregistered until it changes
 
     def _timers(self, link: Link, now: float) -> None:
         session = link.session
@@ -369,6 +490,7 @@ class Gateway:
         fd = link.sock.fileno()
         if fd >= 0:
             self.links.pop(fd, None)
+            self._unregistered.pop(fd, None)
             try:
                 self.poller.unregister(fd)
             except KeyError:
@@ -412,6 +534,11 @@ class Gateway:
             conn.close()
         self.listener.close()
         self.ctx.destroy(linger=0)
+
+
+def _waits(link: Link) -> bool:
+    """Is the client's zchat connection lost, or resuming?"""
+    return link.conn is not None and (link.conn.lost or link.conn.resuming)
 
 
 def _redacted(line: bytes) -> bytes:

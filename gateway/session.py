@@ -63,7 +63,12 @@ class Session(Commands, Replies, Events):
         self.wants_broker = False
         if self._sasl == "checking" and self._sasl_login:
             name, password = self._sasl_login
-            self._ask("login", ("sasl",), name=name, password=password)
+            if self._may_try_password():
+                self._ask("login", ("sasl",), name=name, password=password)
+            else:
+                self._sasl = None
+                self._num("904", "SASL authentication failed: too many attempts")
+                self._try_register()
         else:
             self._try_register()
         self._drain()

@@ -10,6 +10,7 @@ import pytest
 
 from client.connection import Event
 from gateway import irc
+from gateway.core import CREATIONS_MAX, CREATIONS_WINDOW
 from gateway.irc import LineError, LineReader, Message, format_line, neutralise, parse
 from gateway.names import from_channel, from_nick, to_channel, to_nick
 from gateway.session import (
@@ -574,6 +575,8 @@ def test_chathistory_latest_after_a_reference_gives_the_newest_only():
 def test_a_nick_change_is_one_nick_line_and_our_messages_stay_ours():
     s, b = registered("alice", "echo-message")
     in_room(s, b)
+    feed(s, "PRIVMSG #lounge :x")
+    said, _ = b.last("say")
     feed(s, "NICK alicia")
     rid, fields = b.last("login")
     assert fields == {"name": "alicia"}
@@ -582,6 +585,8 @@ def test_a_nick_change_is_one_nick_line_and_our_messages_stay_ours():
     # The room tells of it too, and a message of ours sent before it lands after it.
     assert events(s, ("nick", {"room": "lounge", "seq": 10, "old": "alice", "name": "alicia"}),
                   ("msg", {"room": "lounge", "seq": 11, "from": "alice", "text": "x"})) == []
+    assert reply(s, said, "say", room="lounge", seq=11) == [
+        ":alicia!u@zchat PRIVMSG #lounge x"]
     feed(s, "NICK bob")
     rid, _ = b.last("login")
     assert error(s, rid, "login", "name_taken", "Nickname bob is taken") == [
@@ -599,3 +604,188 @@ def test_away_and_the_away_of_those_we_message():
     rid, _ = b.last("msg")
     assert reply(s, rid, "msg", to=["bob"], away={"bob": "in a meeting"}) == [
         ":zchat.gateway 301 alice bob :in a meeting"]
+
+
+def test_whoever_takes_a_nickname_we_gave_up_is_not_us():
+    s, b = registered("alice", "echo-message", "message-tags")
+    in_room(s, b)
+    feed(s, "NICK alicia")
+    rid, _ = b.last("login")
+    reply(s, rid, "login", name="alicia")
+    # mallory takes "alice": her join, messages and kick are hers, shown as hers.
+    assert events(s, ("join", {"room": "lounge", "seq": 12, "name": "alice"})) == [
+        ":alice!zchat@zchat JOIN #lounge"]
+    out = events(s, ("msg", {"room": "lounge", "seq": 13, "from": "alice", "text": "hi"}))
+    assert [ln.split(" ", 1)[1] for ln in out] == [":alice!zchat@zchat PRIVMSG #lounge hi"]
+    out = events(s, ("leave", {"room": "lounge", "seq": 14, "name": "alice",
+                               "reason": "kicked by bob: go"}))
+    assert out == [":bob!zchat@zchat KICK #lounge alice go"]
+    assert "lounge" in s.channels  # we are still in it
+    # A private message to "alice" goes to her, not back to us.
+    feed(s, "PRIVMSG alice :psst")
+    assert b.last("msg")[1] == {"to": ["alice"], "text": "psst"}
+    # History: what "alice" said is hers, and what "alicia" said before we took the
+    # name cannot be told ours, so it is shown as the other person's.
+    feed(s, "CHATHISTORY LATEST #lounge * 10")
+    rid, _ = b.last("history")
+    out = reply(s, rid, "history", events=[
+        {"ev": "msg", "room": "lounge", "seq": 5, "from": "alicia", "text": "old",
+         "ts": 1_600_000_000.0},
+        {"ev": "msg", "room": "lounge", "seq": 13, "from": "alice", "text": "hi",
+         "ts": 1_700_000_000.0},
+        {"ev": "msg", "room": "lounge", "seq": 15, "from": "alicia", "text": "me",
+         "ts": 1_700_000_000.0}])
+    sources = [ln.split(" ")[1] for ln in out]
+    assert sources == [":alicia!zchat@zchat", ":alice!zchat@zchat", ":alicia!u@zchat"]
+
+
+def test_a_long_text_of_invisible_characters_costs_what_a_short_one_does():
+    import time as _time
+    s, b = registered()
+    in_room(s, b)
+    start = _time.process_time()
+    for seq in range(10, 15):
+        out = events(s, ("msg", {"room": "lounge", "seq": seq, "from": "bob",
+                                 "text": "\u202e" * 65535}))
+        assert len(out) == SPLIT_MAX and "more characters" in out[-1]
+        assert all(len(ln.encode()) <= 510 for ln in out)
+    assert _time.process_time() - start < 0.25  # was about 0.13 s each, quadratic
+    pieces = irc.split_text("x" * 1_000_000, 100, 3)
+    assert pieces == ["x" * 100] * 3
+    assert irc.split_text("ab", 100, 3) == ["ab"]
+
+
+def test_the_line_reader_gives_lines_a_few_at_a_time_and_keeps_the_rest():
+    reader = LineReader()
+    reader.push(b"PING a\nPING b\r\nPING c\nPART")
+    assert reader.has_line() and reader.take(2) == [b"PING a", b"PING b"]
+    assert reader.has_line() and reader.take(2) == [b"PING c"]
+    assert not reader.has_line()
+    reader.push(b" #x\n")
+    assert reader.take() == [b"PART #x"]
+    # Many short LF-only lines: linear (a search for CR no longer scans the rest each).
+    many = LineReader()
+    many.push(b"PING x\n" * 100_000)
+    import time as _time
+    start = _time.process_time()
+    while many.has_line():
+        many.take(20)
+    assert _time.process_time() - start < 2.0
+
+
+def test_the_flood_budget_charges_costly_commands_more_and_refills():
+    pen = irc.Penalty(rate=10.0, burst=40.0)
+    assert irc.command_of(b"@a=b :x!y@z who #room") == b"WHO"
+    assert irc.command_of(b"PING x") == b"PING"
+    n = 0
+    while pen.ready(0.0):
+        pen.charge(b"WHO #amp", 0.0)
+        n += 1
+    assert n == 10  # 4 apiece: ten, where forty PINGs would pass
+    assert 0 < pen.wait(0.0) <= 0.1 and pen.ready(0.2)
+    pen.charge(b"LIST", 0.2)  # 8: the next line waits most of a second
+    assert not pen.ready(0.5) and 0.5 < pen.wait(0.2) < 1.0 and pen.ready(1.2)
+    cheap = irc.Penalty(rate=10.0, burst=40.0)
+    for _ in range(40):
+        assert cheap.ready(0.0)
+        cheap.charge(b"PING x", 0.0)
+    assert not cheap.ready(0.0) and cheap.ready(1.0)
+
+
+def test_a_room_created_by_another_between_our_join_and_create_is_joined():
+    s, b = registered()
+    feed(s, "JOIN #race")
+    rid, _ = b.last("join")
+    error(s, rid, "join", "no_such_room", "No such room: race")
+    rid, _ = b.last("create")
+    assert error(s, rid, "create", "room_exists", "Room race already exists") == []
+    rid, fields = b.last("join")
+    assert rid > 2 and fields == {"room": "race"}
+    out = reply(s, rid, "join", room="race", name="alice", members=["bob", "alice"])
+    assert ":alice!u@zchat JOIN #race" in out
+    # Once only: a join refused again is told, not retried forever.
+    feed(s, "JOIN #race2")
+    rid, _ = b.last("join")
+    error(s, rid, "join", "no_such_room", "No such room")
+    rid, _ = b.last("create")
+    error(s, rid, "create", "room_exists", "exists")
+    rid, _ = b.last("join")
+    count = len(b.sent)
+    assert error(s, rid, "join", "room_exists", "exists") != [] and len(b.sent) == count
+
+
+def test_nickserv_and_chanserv_are_answered_here_never_by_a_zchat_user():
+    s, b = registered("victim")
+    before = len(b.sent)
+    out = feed(s, "PRIVMSG NickServ :IDENTIFY owner hunter2")
+    rid, fields = b.last("login")
+    assert fields == {"name": "owner", "password": "hunter2"} and out == []
+    assert reply(s, rid, "login", name="owner") == [":victim!u@zchat NICK owner"]
+    out = feed(s, "PRIVMSG chanserv :hello", "NOTICE NICKSERV :IDENTIFY x y",
+               "PRIVMSG NickServ :IDENTIFY owner")
+    assert [ln.split(" ", 2)[1] for ln in out] == ["NOTICE", "NOTICE"]
+    assert out[0].startswith(":chanserv!service@zchat.gateway NOTICE owner :")
+    assert all(cmd != "msg" for _, cmd, _ in b.sent[before:])
+    assert len(b.sent) == before + 1  # the IDENTIFY's login, and nothing else
+
+
+def test_a_wrong_password_is_464_and_one_connection_has_few_tries():
+    s, b = Session(wall=lambda: 1.0), Broker()
+    feed(s, "PASS nope", "NICK owner", "USER u 0 * :R")
+    s.attach(b)
+    rid, fields = b.last("login")
+    assert fields == {"name": "owner", "password": "nope"}
+    assert error(s, rid, "login", "bad_password", "Wrong password for owner") == [
+        ":zchat.gateway 464 * :Password incorrect: Wrong password for owner"]
+    feed(s, "NICK owner2")
+    rid, _ = b.last("login")
+    assert error(s, rid, "login", "rate_limited", "Too many password attempts")[0] \
+        .split(" ")[1] == "464"
+    feed(s, "NICK owner3")
+    rid, _ = b.last("login")
+    error(s, rid, "login", "bad_password", "Wrong")
+    count = len(b.sent)
+    out = feed(s, "NICK owner4")  # a fourth password: not sent to zchat at all
+    assert len(b.sent) == count and " 464 " in out[0] and "too many" in out[0]
+
+
+def test_one_connection_may_create_only_a_few_rooms_a_minute():
+    now = [1_700_000_000.0]
+    s, b = Session(wall=lambda: now[0]), Broker()
+    feed(s, "NICK alice", "USER u 0 * :R")
+    s.attach(b)
+    reply(s, b.last("login")[0], "login", name="alice")
+    for i in range(CREATIONS_MAX + 1):
+        feed(s, f"JOIN #new{i}")
+        out = error(s, b.last("join")[0], "join", "no_such_room", "No such room")
+        if i < CREATIONS_MAX:
+            assert b.last("create")[1] == {"room": f"new{i}"} and out == []
+            error(s, b.last("create")[0], "create", "too_many_rooms", "Enough")
+        else:
+            assert b.last("create")[1] == {"room": f"new{i - 1}"}
+            assert f" 403 alice #new{i} " in out[0]
+    now[0] += CREATIONS_WINDOW + 1
+    feed(s, "JOIN #again")
+    error(s, b.last("join")[0], "join", "no_such_room", "No such room")
+    assert b.last("create")[1] == {"room": "again"}
+
+
+def test_edges_unicode_digits_many_channels_and_whois_of_another_spelling():
+    assert seq_of("msgid=\u0661\u0662-ab") is None and seq_of("msgid=12-ab") == 12
+    s, b = registered()
+    in_room(s, b)
+    out = feed(s, "CHATHISTORY LATEST #lounge * \u0661\u0660", "CAP LS \u0663\u0660\u0662")
+    assert " FAIL CHATHISTORY INVALID_PARAMS " in out[0] and s.closed is None
+    assert "sasl=PLAIN" not in out[1]
+    out = feed(s, "JOIN " + ",".join(f"#c{i}" for i in range(12)))
+    assert out == [":zchat.gateway 407 alice #c10 :Too many targets: at most 10 channels "
+                   "in one JOIN"]
+    s, b = registered()
+    feed(s, "WHOIS zed")
+    rid, fields = b.last("users")
+    assert fields["after"] < "zed"
+    assert reply(s, rid, "users", users=["zoe"], more=True) == []  # not it: next spelling
+    rid, fields = b.last("users")
+    assert fields["after"] < "Zed" and fields["after"] > "Zec"
+    assert reply(s, rid, "users", users=["Zed"], more=True)[0] == \
+        ":zchat.gateway 311 alice Zed zchat zchat * Zed"
