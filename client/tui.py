@@ -484,6 +484,8 @@ class ChatApp(App[int]):
     # -- events -----------------------------------------------------------------------------
 
     def on_incoming(self, message: Incoming) -> None:
+        if not self.query("#status"):  # closing: the widgets are gone, but the network
+            return  # thread's last events may still be on their way
         event, status = message.event, message.status
         self.status = status
         me, d = status.name, event.data
@@ -580,6 +582,8 @@ class ChatApp(App[int]):
     # -- side lists and status --------------------------------------------------------------
 
     def _refresh(self) -> None:
+        if not self.query("#status"):  # closing (the interval may still fire once)
+            return
         self.status = status_of(self.conn, self.state)
         windows, current = self.windows, self.windows.current
         self.query_one("#status", Static).update(self._status_line())
