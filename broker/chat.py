@@ -27,10 +27,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from schema import ProtocolError, Request, error, ok, pack, unpack
 from schema import protocol as P
+from schema.codec import ok_with
 from schema.names import fold
 
 from . import rooms as R
@@ -67,6 +69,10 @@ Delivery = Send | Publish
 # create, leave...) are carried out again: a retry may come from a new session after a
 # reconnect, and an old answer would tell it something about a session that is gone.
 _REMEMBERED = frozenset({"say", "whisper", "msg", "broadcast"})
+# The handler of each client command, named once rather than per request.
+_HANDLERS = {cmd: "_" + cmd for cmd in P.CLIENT_REQUESTS}
+# What an event other than its text counts against a history page or a disk share.
+_EVENT_WEIGHT = P.text_weight({})
 
 
 # --- State -------------------------------------------------------------------------------
@@ -225,17 +231,18 @@ class Chat:
         plaintext mode); ``address`` the peer's IP address.
         """
         self._out = out = []
+        rid, cmd = request.id, request.cmd
         try:
             session = self._admit(peer, request, identity)
         except ProtocolError as err:
-            return out + [Send(peer, error(request.id, err))]
+            return out + [Send(peer, error(rid, err))]
         if request.retry and (session is None or session.client_id is None):
-            return [Send(peer, error(request.id, ProtocolError(
+            return [Send(peer, error(rid, ProtocolError(
                 "retry_needs_client", "A retry needs a client id: send hello with client")))]
         # Remembered replies belong to the key as well as the client id: another key that
         # claims the same client id is somebody else, and learns nothing of them.
-        key = ((session.identity or "", session.client_id, request.id)
-               if session and session.client_id else None)
+        key = ((session.identity or "", session.client_id, rid)
+               if session is not None and session.client_id else None)
         if key and request.retry:
             answer = self._answer_again(key, request)
             if answer is not None:
@@ -243,19 +250,20 @@ class Chat:
         self._request_key = key
         writes = self.store.writes
         try:
-            if request.cmd == "hello":  # the only request _admit lets in without a session
+            if cmd == "hello":  # the only request _admit lets in without a session
                 result = self._hello(peer, session, identity, address, **request.args)
             else:
-                result = getattr(self, "_" + request.cmd)(session, **request.args)
-            reply = ok(request.id, **result)
+                result = getattr(self, _HANDLERS.get(cmd) or "_" + cmd)(session,
+                                                                         **request.args)
+            reply = ok_with(rid, result)
         except ProtocolError as err:
-            reply = error(request.id, err)
-        if key and request.cmd in _REMEMBERED:
+            reply = error(rid, err)
+        if key and cmd in _REMEMBERED:
             self._answers[key] = pack(reply)
             if len(self._answers) > P.ANSWERS_REMEMBERED:
                 self._answers.popitem(last=False)
         if self.store.writes != writes:
-            self._turn_writers.append((peer, key, request.id))
+            self._turn_writers.append((peer, key, rid))
         out.insert(0, Send(peer, reply))
         return out
 
@@ -700,7 +708,7 @@ class Chat:
         if me:
             fields["me"] = True
         self.counters.room_messages += 1
-        return {"room": target.name, "seq": self._room_event(target, "msg", **fields)}
+        return {"room": target.name, "seq": self._stream(target, "msg", fields)}
 
     def _whisper(self, session: Session, room: str, to: str, text: str) -> dict[str, Any]:
         target = self._membership(session, room)
@@ -716,14 +724,16 @@ class Chat:
 
     def _msg(self, session: Session, to: list[str], text: str) -> dict[str, Any]:
         sender = self._require_name(session)
-        keys = list(dict.fromkeys(fold(n) for n in to))  # drop repeats, keep order
+        keys = list(dict.fromkeys(map(fold, to)))  # drop repeats, keep order
         if fold(sender) in keys:
             raise ProtocolError("self_message")
-        unknown = [n for n in to if fold(n) not in self.users]
-        if unknown:
+        # Looked up once: a name that is nobody leaves a None (Sessions compare by
+        # identity, so only a None is None), and only then are the unknown named.
+        recipients = [self.users.get(k) for k in keys]
+        if None in recipients:
+            unknown = [n for n in to if fold(n) not in self.users]
             raise ProtocolError("no_such_user", f"No such user: {', '.join(unknown)}")
         self._charge(session, len(text), len(keys))
-        recipients = [self.users[k] for k in keys]
         names = [r.name for r in recipients]
         event = {"ev": "dm", "from": sender, "to": names, "text": text, "ts": self.clock()}
         for recipient in recipients:
@@ -1127,13 +1137,13 @@ class Chat:
                                                   f"most {self.room_quota:,} characters")
         if self.rate > 0:
             self.budgets.store(_sources(session), characters)
-        room.stored += characters + P.text_weight({})
+        room.stored += characters + _EVENT_WEIGHT
 
     def _store_events(self, session: Session, count: int) -> None:
         """Events other than messages (joins, renames) are stored too: they count against
         the source's share of the disk, at an event's weight each."""
         if self.rate > 0:
-            self.budgets.store(_sources(session), count * P.text_weight({}))
+            self.budgets.store(_sources(session), count * _EVENT_WEIGHT)
 
     def _writing(self) -> None:
         """Refuse a request that must write, while the store cannot take writes."""
@@ -1197,8 +1207,11 @@ class Chat:
         return room
 
     def _membership(self, session: Session, name: str) -> Room:
-        room = self._room(name)
-        if session.name is None or session.rooms.get(fold(room.name)) is not room:
+        key = fold(name)
+        room = self.rooms.get(key)  # _room(), with the fold kept: rooms are keyed by it,
+        if room is None:  # so it is fold(room.name) too, the key of session.rooms
+            raise ProtocolError("no_such_room", f"No such room: {name}")
+        if session.name is None or session.rooms.get(key) is not room:
             raise ProtocolError("not_a_member", f"You are not in {name}")
         return room
 
@@ -1273,14 +1286,19 @@ class Chat:
                  len(self.sessions))
 
     def _room_event(self, room: Room, ev: str, **fields: Any) -> int:
-        room.seq += 1
-        event = {"ev": ev, "room": room.name, "seq": room.seq, "ts": self.clock(),
+        return self._stream(room, ev, fields)
+
+    def _stream(self, room: Room, ev: str, fields: dict[str, Any]) -> int:
+        """Number the next event of a room's stream, hand it to the store, publish it;
+        return its seq."""
+        room.seq = seq = room.seq + 1
+        event = {"ev": ev, "room": room.name, "seq": seq, "ts": self.clock(),
                  "inc": self.incarnation, **fields}
         # A message remembers the request that made it, to recognise a retry after a crash.
         origin = _origin(self._request_key) if ev == "msg" and self._request_key else None
-        self.store.append(room.name, room.seq, event, origin)
+        self.store.append(room.name, seq, event, origin)
         self._out.append(Publish(room.topic, event))
-        return room.seq
+        return seq
 
     def _add_room(self, room: Room) -> None:
         if fold(room.name) in self.rooms:  # stored before names were folded
@@ -1310,8 +1328,12 @@ class Chat:
 def _origin(key: tuple[str, str, int]) -> str:
     """How the store names the request that made a message: "key:client id:request id"
     (the key shortened to a digest: it only has to tell keys apart)."""
-    owner = hashlib.blake2b(key[0].encode(), digest_size=6).hexdigest() if key[0] else ""
-    return f"{owner}:{key[1]}:{key[2]}"
+    return f"{_owner(key[0])}:{key[1]}:{key[2]}"
+
+
+@lru_cache(maxsize=4096)  # a digest per message is a digest per key, made again and again
+def _owner(key: str) -> str:
+    return hashlib.blake2b(key.encode(), digest_size=6).hexdigest() if key else ""
 
 
 def _sources(session: Session) -> list[tuple[str, object]]:

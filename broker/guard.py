@@ -24,12 +24,18 @@ number that libzmq closed and reused for another connection is never cut by mist
 bounded by ``due()``: an endless message wakes nothing in the application). When not due
 it costs 0.3 µs; every ``interval`` (50 ms) it:
 
-* reads ``/proc/self/statm`` (2 µs) and samples TCP_INFO (~6 µs each) of the next
+* reads ``/proc/self/statm`` (2 µs) and samples TCP_INFO (a getsockopt, 2-6 µs) of the next
   connections round robin, each about once a ``window`` (1 s) but at most ``slice`` (128)
   a call: measured 0.04 ms a check at 100 connections, 0.23 ms at 1,000, 0.72 ms at 10,000
   (1.4 % of a core; 10,000 connections are each sampled every 4 s). When resident memory
   grew by more than ``surge`` (32 MiB) since its lowest, every connection is sampled at
   once (4 ms at 1,000, 60 ms at 10,000), so a fast flood is found within one interval.
+  The ``slice`` a call (with up to 128 connections: all of them, every interval) is taken
+  only while resident memory grew by more than ``growth`` (1 MiB) since the last such
+  look: a message piling up in libzmq pins at least its bytes there. While memory holds
+  still, a check samples those a message came from since the previous check (where a
+  flood would be; at most ``slice``) and the next ``share`` round robin, each connection
+  about once a window: with 50 quiet subscribers, 3 samples a check instead of 50.
 * **unfinished message**: cuts a connection that received more than ``unfinished`` bytes
   (1 MiB, the largest frame the broker accepts) since a message last came out of it
   (``seen``), or more than ``unfinished_surge`` (16 KiB) while memory surges. Measured: one
@@ -99,6 +105,9 @@ UNFINISHED_SURGE = 16 << 10  # the same while resident memory surges
 INTERVAL = 0.05  # seconds between checks that do anything
 SLICE = 128  # connections sampled (or cut for their handshake) per check at most
 SURGE = 32 << 20  # resident growth that makes a check sample every connection
+# Resident growth since the last look at ``slice`` connections that makes a check look at
+# that many again: what a message piling up in libzmq pins shows there (at least its bytes)
+GROWTH = UNFINISHED
 DEADLINE = 2.0  # seconds to finish a handshake, enforced only while crowded...
 # ...and only this long once the table is nearly full: libzmq's I/O thread spins at 100 %
 # on a full descriptor table (accept fails, the listener stays ready), so the wait must be
@@ -112,6 +121,9 @@ EVENT_BUDGET = 8192  # monitor events read per monitor per drain
 # struct tcp_info (linux/tcp.h): offsets of the fields read here.
 _TCP_INFO_SIZE = 256
 _BYTES_ACKED, _BYTES_RECEIVED, _NOTSENT = 120, 128, 144
+# The three a sample reads, in one unpack from _BYTES_ACKED (segs_out and segs_in between).
+_SAMPLED = struct.Struct("=QQ8xI")
+assert _BYTES_RECEIVED == _BYTES_ACKED + 8 and _NOTSENT == _BYTES_ACKED + 24
 # CURVE server: greeting (64) + WELCOME (170) before the client's INITIATE; READY follows
 # only if the handshake (and ZAP) succeeded.
 CURVE_HANDSHAKE_SENT = 64 + 170
@@ -119,6 +131,7 @@ CURVE_HANDSHAKE_SENT = 64 + 170
 EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
           | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 _EVENT = struct.Struct("=HI")
+_EVENTS, _POLLIN, _NOW = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
 
 # -- descriptors and memory (no state) ------------------------------------------------------
@@ -167,6 +180,32 @@ def _tcp_info(fd: int) -> bytes | None:
         return None
     finally:
         s.detach()
+
+
+class _TcpCounters:
+    """(bytes acked, bytes received, bytes not sent) of a TCP descriptor, or None if it is
+    no TCP socket (any more). getsockopt called through ctypes, into a buffer kept for
+    the purpose: half the cost of ``_tcp_info`` (whose socket object first asks
+    getsockname), for the guard's every sample. The buffer makes it one thread's: each
+    ``Connections`` has its own. PyDLL keeps the GIL over the call, as it never blocks."""
+
+    _getsockopt = getattr(ctypes.PyDLL(ctypes.util.find_library("c")), "getsockopt", None)
+
+    def __init__(self) -> None:
+        self._buf = ctypes.create_string_buffer(_TCP_INFO_SIZE)
+        self._len = ctypes.c_uint32()
+        self._len_ref = ctypes.byref(self._len)
+
+    def __call__(self, fd: int) -> tuple[int, int, int] | None:
+        if self._getsockopt is not None:
+            self._len.value = _TCP_INFO_SIZE
+            if self._getsockopt(fd, socket.IPPROTO_TCP, socket.TCP_INFO, self._buf,
+                                self._len_ref) != 0:
+                return None  # not a socket (any more), or not TCP
+            if self._len.value >= _BYTES_ACKED + _SAMPLED.size:
+                return _SAMPLED.unpack_from(self._buf, _BYTES_ACKED)
+        info = _tcp_info(fd)  # no such libc function, or a short struct: the plain way
+        return None if info is None else _SAMPLED.unpack_from(info, _BYTES_ACKED)
 
 
 def received(fd: int) -> int | None:
@@ -223,6 +262,7 @@ class Connection:
     acked: int = -1
     acked_time: float = 0.0
     handshake_sent: int | None = None  # see CURVE_HANDSHAKE_SENT
+    sampled: int = -1  # the check that sampled it last (see Connections._checks)
 
 
 class Connections:
@@ -232,6 +272,7 @@ class Connections:
                  allowance: int = ALLOWANCE, window: float = WINDOW,
                  unfinished: int = UNFINISHED, unfinished_surge: int = UNFINISHED_SURGE,
                  interval: float = INTERVAL, slice: int = SLICE, surge: int = SURGE,
+                 growth: int = GROWTH,
                  deadline: float = DEADLINE, stall: float = STALL,
                  clock: Callable[[], float] = time.monotonic):
         """``limit``: descriptors the process may hold (default: RLIMIT_NOFILE's soft
@@ -240,7 +281,7 @@ class Connections:
             resource.RLIMIT_NOFILE)[0]
         self.reserve, self.allowance, self.window = reserve, allowance, window
         self.unfinished, self.unfinished_surge = unfinished, unfinished_surge
-        self.interval, self.slice, self.surge = interval, slice, surge
+        self.interval, self.slice, self.surge, self.growth = interval, slice, surge, growth
         self.deadline, self.stall, self.clock = deadline, stall, clock
         self.cuts: Counter[str] = Counter()  # reason -> connections cut
         self._conns: dict[int, Connection] = {}
@@ -250,8 +291,11 @@ class Connections:
         self._attribute = True  # HANDSHAKE_SUCCEEDED attributable (one I/O thread)
         self._cycle: Iterator[Connection] = iter(())
         self._next_check = 0.0
-        self._rss_seen = rss()
+        self._rss_seen = self._rss_looked = rss()
+        self._active: dict[int, Connection] = {}  # a message came from it since the check
+        self._checks = 0  # checks that did work, so far
         self._trim_until = 0.0
+        self._counters = _TcpCounters()
 
     # -- learning -----------------------------------------------------------------------
 
@@ -280,8 +324,13 @@ class Connections:
         for mon in [monitor] if monitor is not None else list(self._monitors):
             label = self._monitors[mon][1]
             for _ in range(budget):
+                # Asked first: most turns have no event, and a read that finds none costs
+                # a raised zmq.Again (a few times the question). Only this thread reads
+                # the monitor, so an event announced is still there to read.
+                if not mon.getsockopt(_EVENTS) & _POLLIN:
+                    break
                 try:
-                    head, _endpoint = mon.recv_multipart(zmq.NOBLOCK)
+                    head, _endpoint = mon.recv_multipart(_NOW)
                 except zmq.Again:
                     break
                 count += 1
@@ -320,6 +369,7 @@ class Connections:
             if conn is None:
                 return
         conn.messages += 1
+        self._active[fd] = conn
         if not conn.proven:
             self._prove(conn)
 
@@ -424,23 +474,40 @@ class Connections:
         if now < self._next_check:
             return 0
         self._next_check = now + self.interval
+        self._checks += 1
         cut = 0
         resident = rss()
         self._rss_seen = min(self._rss_seen, resident)
+        self._rss_looked = min(self._rss_looked, resident)
         surge = resident > self._rss_seen + self.surge
+        active, self._active = self._active, {}
         if surge:
             log.info("Resident memory grew by %d MiB: sampling all %d connections",
                      (resident - self._rss_seen) >> 20, len(self._conns))
             sample: Iterator[Connection] = iter(list(self._conns.values()))
-            self._rss_seen = resident
-        else:  # ``slice`` a call (each connection about once a window at least): with
-            # up to ``slice`` connections, every one every interval, so that a message of
-            # many tiny frames is cut within an interval, before it can complete
+            self._rss_seen = self._rss_looked = resident
+        else:
+            # Each connection about once a window at least (``share`` a call)...
             share = math.ceil(len(self._conns) * self.interval / self.window)
-            sample = itertools.islice(self._slice(), max(self.slice, share))
+            # ...and ``slice`` a call (never more than there are: the round robin would
+            # wrap into a fresh pass and sample some twice) while memory grows: with up to
+            # ``slice`` connections, every one every interval, so that a message of many
+            # tiny frames is cut within an interval, before it can complete.
+            many = min(len(self._conns), max(self.slice, share))
+            if resident > self._rss_looked + self.growth:
+                sample = itertools.islice(self._slice(), many)
+                self._rss_looked = resident
+            else:
+                # Memory holds still, so no message is piling up (one pins at least its
+                # bytes): the connections a message came from since the last check (a
+                # flood is among them, and their base moves on), and ``share`` more.
+                sample = itertools.chain(itertools.islice(self._slice(), share),
+                                         itertools.islice(active.values(), many - share))
         unfinished = self.unfinished_surge if surge else self.unfinished
         for conn in sample:
-            cut += self._sample(conn, now, unfinished)
+            if conn.sampled != self._checks:  # an active one may come round in the robin
+                conn.sampled = self._checks
+                cut += self._sample(conn, now, unfinished)
         if self.crowded():
             full = len(self._conns) > self.limit - self.reserve // 4
             cut += self._reap_handshakes(now, FULL_DEADLINE if full else self.deadline)
@@ -459,13 +526,12 @@ class Connections:
     def _sample(self, conn: Connection, now: float, unfinished: int) -> int:
         if self._conns.get(conn.fd) is not conn or not conn.tcp or conn.cut:
             return 0
-        info = _tcp_info(conn.fd)
-        if info is None:
+        counters = self._counters(conn.fd)
+        if counters is None:
             if _identity(conn.fd) is None:  # closed without our seeing the event
                 self._forget(conn)
             return 0
-        acked_, got = struct.unpack_from("QQ", info, _BYTES_ACKED)
-        notsent = struct.unpack_from("I", info, _NOTSENT)[0]
+        acked_, got, notsent = counters
         if got < conn.mark_received or got < conn.base:  # a new connection has the number
             self._learn(conn.fd, conn.label)
             return 0

@@ -35,6 +35,7 @@ from .guard import Connections
 log = logging.getLogger("zchat.broker")
 
 _MORE, _NOW, _SRCFD = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK), int(zmq.SRCFD)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 BATCH = 8192  # messages taken from a socket per turn of this thread
 REFUSED_PER_CONNECTION = 4  # refused subscriptions outstanding: an honest client has 1-2
 # Refused topic bytes held for all connections together, each distinct topic once (the
@@ -120,9 +121,14 @@ class Publisher(threading.Thread):
     def _forward(self) -> bool:
         """Room frames from the loop to the subscribers; False at the end."""
         for _ in range(BATCH):
+            # Asked first: a wake-up brings a frame or two, and the read that would find
+            # none costs a raised zmq.Again (a few times the question). This thread alone
+            # reads the inbox, so a message announced is there to read.
+            if not self._inbox.getsockopt(_EVENTS) & _POLLIN:
+                return True
             try:
                 topic = self._inbox.recv(_NOW, copy=False)
-            except zmq.Again:
+            except zmq.Again:  # (never, as said; but never a reason to fail the thread)
                 return True
             if not topic.more:
                 return False

@@ -203,6 +203,11 @@ def ok(rid: int | None, **fields: Any) -> dict[str, Any]:
     return {"re": rid, "ok": True, **fields}
 
 
+def ok_with(rid: int | None, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``ok`` of fields already in a map (a handler's result): one copy, not two."""
+    return {"re": rid, "ok": True, **fields}
+
+
 def error(rid: int | None, err: ProtocolError) -> dict[str, Any]:
     return {"re": rid, "ok": False, "code": err.code, "error": err.text}
 

@@ -492,3 +492,72 @@ def test_handshake_deadline_cuts_raw_connections_when_crowded(ctx, made, clock):
     client.close()
     for peer in old + young:
         peer.close()
+
+
+# --- the sampling policy: every connection when memory grows, else the active and a share ---
+
+
+def _count_samples(conns, monkeypatch):
+    """The descriptors the checks sample from now on, in order."""
+    seen: list[int] = []
+    real = conns._counters
+    def counting(fd):
+        seen.append(fd)
+        return real(fd)
+    monkeypatch.setattr(conns, "_counters", counting)
+    return seen
+
+
+def test_quiet_connections_are_sampled_once_a_window_and_active_ones_every_check(
+        ctx, made, clock, monkeypatch):
+    conns = made(clock=clock)
+    router, endpoint = bound(ctx, conns)
+    peers = [RawPeer(endpoint) for _ in range(40)]
+    until(conns, lambda: len(conns) == 40)
+    seen = _count_samples(conns, monkeypatch)
+    conns._rss_looked = guard.rss() + (1 << 30)  # memory holds still, whatever it does here
+    clock.now += guard.INTERVAL
+    conns.check()
+    assert len(seen) == 2  # ceil(40 x 0.05 / 1): the round robin's share
+    peers[7].send(frame(b"hello"))
+    _, fd = fd_of(router)
+    conns.seen(fd)
+    seen.clear()
+    clock.now += guard.INTERVAL
+    conns.check()
+    assert fd in seen and len(seen) <= 3  # the one a message came from, and the share
+    seen.clear()
+    for _ in range(20):  # a window: every connection came round at least once
+        clock.now += guard.INTERVAL
+        conns.check()
+    assert set(seen) == set(conns._conns) and len(seen) == 40
+
+
+def test_growing_memory_samples_every_connection_every_check(ctx, made, clock, monkeypatch):
+    conns = made(clock=clock)
+    router, endpoint = bound(ctx, conns)
+    peers = [RawPeer(endpoint) for _ in range(40)]  # noqa: F841
+    until(conns, lambda: len(conns) == 40)
+    seen = _count_samples(conns, monkeypatch)
+    conns._rss_looked = guard.rss() - 2 * guard.GROWTH  # it grew since the last look
+    clock.now += guard.INTERVAL
+    conns.check()
+    assert sorted(seen) == sorted(conns._conns)  # all 40, each once
+
+
+def test_an_unfinished_message_among_quiet_connections_is_cut_as_memory_grows(ctx, made):
+    conns = made()
+    router, endpoint = bound(ctx, conns)
+    quiet = [RawPeer(endpoint) for _ in range(40)]  # noqa: F841
+    attacker = RawPeer(endpoint)
+    until(conns, lambda: len(conns) == 41)
+    chunk = frame(b"x" * 512, more=True) * 64
+    try:
+        for _ in range(10_000):  # 330 MB if nothing stopped it
+            attacker.send(chunk)
+            conns.drain()
+            conns.check()
+    except OSError:
+        pass
+    until(conns, lambda: conns.cuts["unfinished message"] == 1, check=True)
+    assert attacker.closed_by_server()
