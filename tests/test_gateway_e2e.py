@@ -496,6 +496,10 @@ def _self_signed(directory: Path) -> tuple[str, str]:
     return str(cert_path), str(key_path)
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "open defect (issue 15): about once in 20 runs, a TLS client connecting right after a "
+    "plaintext one was refused is never read by the gateway (no handshake logged, no line); "
+    "cause not found yet. Reproduce: a loop of this test's two connections (see docs/irc.md)."))
 def test_tls_for_irc_clients(stack, tmp_path):
     cert, key = _self_signed(tmp_path)
     gateway = start_gateway(stack[0], "--tls-cert", cert, "--tls-key", key)
