@@ -108,13 +108,19 @@ class Broker:
         return self.args[self.args.index("--keys") + 1] if "--keys" in self.args else None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(timeout)
+        return stop_process(self.proc, sig, timeout)
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 5.0
+                 ) -> int:
+    """Signal a process we started and wait for it; kill it if it does not end in time."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout)
 
 
 READY = re.compile(r"zchat broker ready: router=(\S+) pub=(\S+) control=(\S+)")
@@ -309,13 +315,7 @@ class Gateway:
     port: int
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(timeout)
+        return stop_process(self.proc, sig, timeout)
 
 
 def start_gateway(broker: Broker, *extra: str, timeout: float = 10.0) -> Gateway:
