@@ -44,7 +44,6 @@ WRITE_SIZE = 65536
 SENDQ = 1 << 20  # bytes waiting to be written to one client before it is dropped
 OPENING_MAX = 16  # zchat sessions being opened at once
 HOUSEKEEPING_SLACK = 0.05  # seconds a Connection's housekeeping may wait for company
-TLS_HOLD = 4 * READ_SIZE  # bytes a TLS client's unread lines may take before reading stops
 LINES_PER_TURN = 20  # lines of one client carried out a turn; the rest waits its turn
 EVENTS_PER_TURN = 256  # zchat events of one client handled a turn; the rest waits too
 FLOOD_TIME = 10.0  # seconds a client may be held back by its flood budget before ERROR
@@ -464,10 +463,8 @@ class Gateway:
         # (and be a flood); it is not timed out for that silence.
         if _waits(link):
             link.heard, link.pinged = now, None
-        # (TLS: polled while less than TLS_HOLD waits, as a gap in the poll was seen to
-        # leave a fresh TLS client unread now and then; the cause is not yet known.)
-        held = link.reader.has_line() and not (link.tls and link.reader.buffered < TLS_HOLD)
-        reading = link.closing is None and not held and not _waits(link)
+        # (TLS too: _read takes all a record decrypted, so the rest is the kernel's.)
+        reading = link.closing is None and not link.reader.has_line() and not _waits(link)
         want = (zmq.POLLIN if reading else 0) | (
             zmq.POLLOUT if link.out or link.wants_write else 0)
         if want != link.want:

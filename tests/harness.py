@@ -11,8 +11,10 @@ import json
 import os
 import queue
 import re
+import select
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -348,7 +350,13 @@ class RawIrc:
         sock.connect((gateway.host, gateway.port))
         if tls is not None:
             sock = tls.wrap_socket(sock, server_hostname="localhost")
+            sock.setblocking(False)
         self.sock = sock
+        # OpenSSL forbids reading and writing one TLS connection from two threads at
+        # once (a write racing the read of TLS 1.3's session tickets can vanish): with
+        # TLS the reader waits outside this lock and reads under it, non-blocking, and
+        # a write takes it.
+        self._io = threading.Lock()
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         self.closed = False
@@ -359,8 +367,11 @@ class RawIrc:
         buf = b""
         while True:
             try:
-                data = self.sock.recv(65536)
-            except OSError:
+                if isinstance(self.sock, ssl.SSLSocket):
+                    data = self._recv_tls()
+                else:
+                    data = self.sock.recv(65536)
+            except (OSError, ValueError):  # ValueError: closed meanwhile
                 data = b""
             if not data:
                 self.lines.put(None)
@@ -370,9 +381,35 @@ class RawIrc:
             for line in complete:
                 self.lines.put(line.decode("utf-8", "replace"))
 
+    def _recv_tls(self) -> bytes:
+        assert isinstance(self.sock, ssl.SSLSocket)
+        while True:
+            # Bytes already decrypted (pending) are invisible to select.
+            if not self.sock.pending():
+                select.select([self.sock], [], [], 1.0)
+            with self._io:
+                try:
+                    return self.sock.recv(65536)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass  # a part of a record, or nothing yet
+
     def send(self, *lines: str | bytes) -> None:
-        self.sock.sendall(b"".join((line.encode() if isinstance(line, str) else line)
-                                   + b"\r\n" for line in lines))
+        data = b"".join((line.encode() if isinstance(line, str) else line) + b"\r\n"
+                        for line in lines)
+        if not isinstance(self.sock, ssl.SSLSocket):
+            self.sock.sendall(data)
+            return
+        deadline = time.monotonic() + 10
+        while data:
+            with self._io:
+                try:
+                    data = data[self.sock.send(data):]
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+            if data:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the gateway does not read")
+                select.select([], [self.sock], [], 0.1)
 
     def wait(self, match: Callable[[str], bool] | str, timeout: float = DEFAULT_WAIT) -> str:
         """Read lines until one matches (a predicate, or a substring)."""
@@ -437,7 +474,8 @@ class RawIrc:
 
     def close(self) -> None:
         try:
-            self.sock.close()
+            with self._io:
+                self.sock.close()
         except OSError:
             pass
 
