@@ -504,10 +504,17 @@ class Connections:
                 sample = itertools.chain(itertools.islice(self._slice(), share),
                                          itertools.islice(active.values(), many - share))
         unfinished = self.unfinished_surge if surge else self.unfinished
+        # A socket with messages waiting to be read is one the loop is behind on: the
+        # bytes that came since its last message may be whole messages, not one that
+        # never ends. Those connections get the flood's allowance instead (unless
+        # memory surges), so a fast honest sender is not cut for the loop's lag.
+        behind = set() if surge else {label for sock, label in self._monitors.values()
+                                      if sock.getsockopt(_EVENTS) & _POLLIN}
         for conn in sample:
             if conn.sampled != self._checks:  # an active one may come round in the robin
                 conn.sampled = self._checks
-                cut += self._sample(conn, now, unfinished)
+                limit = self.allowance if conn.label in behind else unfinished
+                cut += self._sample(conn, now, limit)
         if self.crowded():
             full = len(self._conns) > self.limit - self.reserve // 4
             cut += self._reap_handshakes(now, FULL_DEADLINE if full else self.deadline)
