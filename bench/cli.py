@@ -88,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="--against, experiment: IRC receivers ACK every read at once "
                         "(TCP_QUICKACK), so ngIRCd's writes (no TCP_NODELAY) do not wait "
                         "for delayed ACKs")
+    p.add_argument("--edges", type=int, default=0, metavar="K",
+                   help="K edges (python -m edge) in front of the broker, the clients spread "
+                        "over them; broker_* figures are then the core's, and "
+                        "all_cpu_us_per_delivery counts the edges too (default 0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                    rate=args.rate, clients=args.clients or 1000, stuck=args.stuck,
                    window=args.window, size=args.size, members=args.members,
                    profile=args.profile, progress=not args.quiet, insecure=args.insecure,
-                   floor=args.floor, idle_sub=args.idle_sub)
+                   floor=args.floor, idle_sub=args.idle_sub, edges=args.edges)
     if args.profile:
         ext = "prof" if args.profile == "cprofile" else "txt"
         target = Path(args.profile_out or out / f"broker-{base.workload}.{ext}").resolve()

@@ -28,6 +28,7 @@ import random
 import resource
 import sys
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -291,7 +292,8 @@ class Worker:
         # full accept queue dropped is retried now rather than after TCP's backoff.
         c.dealer.setsockopt(zmq.CONNECT_TIMEOUT, 2000)
         c.dealer.setsockopt(zmq.HANDSHAKE_IVL, 3000)
-        c.dealer.connect(self.cfg.server)
+        servers = self.cfg.server.split(",")  # edges: each client takes one, by its name
+        c.dealer.connect(servers[zlib.crc32(c.name.encode()) % len(servers)])
         if not c.idle:
             self.route[c.dealer] = (c, False)
             self.route[c.sub] = (c, True)

@@ -53,6 +53,7 @@ class Options:
     server: str = "zchat"  # "ngircd": the same load over IRC against ngIRCd (--against)
     irc_quickack: bool = False  # ngircd: receivers defeat its Nagle stall (an experiment)
     idle_sub: bool = False  # crowd: idle clients connect a SUB as well
+    edges: int = 0  # K edges in front of the broker (the core), clients spread over them
     progress: bool = True
     seed: int = 1
 
@@ -128,7 +129,8 @@ def run(opts: Options) -> dict[str, Any]:
     else:
         broker = BrokerProcess(tmp, profile=opts.profile, profile_out=opts.profile_out,
                                insecure=opts.insecure,
-                               module="bench.floor" if opts.floor else "broker")
+                               module="bench.floor" if opts.floor else "broker",
+                               edges=opts.edges)
     procs: list[_Proc] = []
     frozen: list[_Proc] = []
     try:
@@ -214,6 +216,7 @@ def _run(opts: Options, plan: Plan, broker: BrokerProcess, procs: list[_Proc],
         if cpu0 is None and t >= w0:
             cpu0, t_cpu0 = cpu_sample(broker.pid), t
             load0 = _load_cpu(procs + frozen)
+            edges0 = _edges_cpu(broker)
         if frozen and not stopped and t >= s0:
             for p in frozen:
                 os.kill(p.proc.pid, signal.SIGSTOP)
@@ -225,6 +228,7 @@ def _run(opts: Options, plan: Plan, broker: BrokerProcess, procs: list[_Proc],
         if t >= w1:
             cpu1, t_cpu1 = cpu_sample(broker.pid), t
             load1 = _load_cpu(procs + frozen)
+            edges1 = _edges_cpu(broker)
             break
         rss_max = max(rss_max, memory_kib(broker.pid).get("VmRSS", 0))
         for p in procs:
@@ -279,7 +283,19 @@ def _run(opts: Options, plan: Plan, broker: BrokerProcess, procs: list[_Proc],
     result = _result(opts, plan, reports, stuck_reports, cpu0, cpu1, t_cpu1 - t_cpu0, mem,
                      max(rss_max, mem.get("VmRSS", 0)), setup_rss, (s0, s1), broker)
     result["load_cores"] = round((load1 - load0) / (t_cpu1 - t_cpu0), 3)
+    if opts.edges:  # the core is "broker" above; the edges' share, and the sum of all
+        deliveries = result["deliveries_per_s"] * result["duration_s"]
+        edges_cpu = edges1 - edges0
+        result["edges"] = opts.edges
+        result["edges_cpu_s"] = round(edges_cpu, 3)
+        result["all_cpu_us_per_delivery"] = round(
+            (result["broker_cpu_s"] + edges_cpu) * 1e6 / deliveries, 3) if deliveries else None
     return result
+
+
+def _edges_cpu(broker: Any) -> float:
+    """CPU seconds used so far by the edges in front of the core, if any."""
+    return sum(cpu_sample(edge.pid).total for edge in getattr(broker, "edges", []))
 
 
 def _load_cpu(procs: list[_Proc]) -> float:

@@ -11,7 +11,8 @@ The policy is a pure function of the request:
     domain    mechanism  admitted                                       identity
     chat      CURVE      any key: chat users need no account to talk    the key (z85)
     control   CURVE      only operator keys (``admin.key``, ``admins/``)  the key (z85)
-    either    NULL       only when the broker runs plaintext (--insecure) none
+    edge      CURVE      only edge keys (``edge.key``, ``edges/``)       the key (z85)
+    any       NULL       only when the broker runs plaintext (--insecure) none
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import zmq
 from zmq.utils import z85
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-CHAT, CONTROL = b"chat", b"control"
+CHAT, CONTROL, EDGE = b"chat", b"control", b"edge"
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,10 @@ class Verdict:
 
 
 def decide(domain: bytes, mechanism: bytes, credentials: list[bytes], *, secure: bool,
-           operators: Set[bytes], crowded: bool = False) -> Verdict:
+           operators: Set[bytes], edges: Set[bytes] = frozenset(), crowded: bool = False
+           ) -> Verdict:
     """``crowded``: descriptors are running out; chat peers wait, operators get in."""
-    if domain not in (CHAT, CONTROL):
+    if domain not in (CHAT, CONTROL, EDGE):
         return Verdict(False, reason="Unknown domain")
     if crowded and domain == CHAT:
         return Verdict(False, reason="Crowded: descriptors kept for operators")
@@ -44,14 +46,16 @@ def decide(domain: bytes, mechanism: bytes, credentials: list[bytes], *, secure:
         key = z85.encode(credentials[0])
         if domain == CONTROL and key not in operators:
             return Verdict(False, reason="Not an operator key")
+        if domain == EDGE and key not in edges:
+            return Verdict(False, reason="Not an edge key")
         return Verdict(True, identity=key.decode())
     if mechanism == b"NULL" and not secure:
         return Verdict(True)
     return Verdict(False, reason="Encryption required" if secure else "Plaintext broker")
 
 
-def answer(zap: zmq.Socket, *, secure: bool, operators: Set[bytes], crowded: bool = False
-           ) -> Verdict | None:
+def answer(zap: zmq.Socket, *, secure: bool, operators: Set[bytes],
+           edges: Set[bytes] = frozenset(), crowded: bool = False) -> Verdict | None:
     """Answer one ZAP request waiting on ``zap`` (a REP socket); None if none waits."""
     try:
         request = zap.recv_multipart(zmq.NOBLOCK)
@@ -63,7 +67,7 @@ def answer(zap: zmq.Socket, *, secure: bool, operators: Set[bytes], crowded: boo
         return Verdict(False, reason="Malformed ZAP request")
     version, request_id, domain, _address, _routing, mechanism = request[:6]
     verdict = decide(domain, mechanism, request[6:], secure=secure, operators=operators,
-                     crowded=crowded)
+                     edges=edges, crowded=crowded)
     status = b"200" if verdict.allowed else b"400"
     zap.send_multipart([b"1.0", request_id, status, verdict.reason.encode() or b"OK",
                         verdict.identity.encode(), b""])

@@ -46,20 +46,28 @@ log = logging.getLogger("zchat.broker")
 # --- Deliveries --------------------------------------------------------------------------
 
 
+# A client is known by its routing id on the broker's ROUTER, or, behind an edge, by the
+# edge's and its own routing id on the edge's: (edge, client). A tuple is never a routing
+# id, so no client can pass itself off as one behind an edge.
+Peer = bytes | tuple[bytes, bytes]
+
+
 @dataclass(frozen=True, slots=True)
 class Send:
-    """One message to one client, through the ROUTER."""
+    """One message to one client, through the ROUTER (or the client's edge)."""
 
-    peer: bytes
+    peer: Peer
     body: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """One event to everyone subscribed to a room topic, through the publisher."""
+    """One event to everyone subscribed to a room topic, through the publisher (and the
+    edges that have members in the room)."""
 
     topic: bytes
     body: dict[str, Any]
+    room: Room | None = field(default=None, compare=False, repr=False)  # for the edges
 
 
 Delivery = Send | Publish
@@ -106,7 +114,7 @@ class Bucket:
 class Session:
     """One connected client, known by its routing id; a user once it has a nickname."""
 
-    peer: bytes
+    peer: Peer
     client_id: str | None
     last_seen: float
     identity: str | None = None  # the CURVE key it authenticated with (z85), if any
@@ -123,6 +131,11 @@ class Session:
     bucket: Bucket = field(default_factory=lambda: Bucket(0.0, 0.0))  # its rate limit
     delivery: Bucket = field(default_factory=lambda: Bucket(0.0, 0.0))  # characters out
 
+    @property
+    def edge(self) -> bytes | None:
+        """The edge it is connected through, if any (its liveness is that edge's)."""
+        return self.peer[0] if isinstance(self.peer, tuple) else None
+
 
 @dataclass(eq=False)
 class Room:
@@ -135,6 +148,7 @@ class Room:
     names: Names = field(default_factory=Names)  # the members' nicknames, for paging
     stored: int | None = None  # characters of history on disk, once learnt
     access: R.Access = field(default_factory=R.Access)  # settings, roles, invites, bans
+    edges: dict[bytes, int] = field(default_factory=dict)  # edge -> its members here
 
 
 @dataclass
@@ -195,6 +209,12 @@ class Chat:
         self.users: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {}
         self.topics: dict[bytes, Room] = {}
+        # Topics made live and dead since the loop last looked (it tells the edges, which
+        # grant subscriptions as the publisher does): (topic, live), in order.
+        self.topic_changes: list[tuple[bytes, bool]] = []
+        # (key, client id) -> its session: a client that comes back through another edge
+        # before the first one is known to be lost takes its session's place.
+        self._by_client: dict[tuple[str, str], Session] = {}
         self._user_names = Names()  # the users' names, sorted for paging
         self._room_names = Names()  # the rooms' names, likewise
         # Rooms nobody is in, oldest emptied first: removed once empty for room_lifetime.
@@ -223,7 +243,7 @@ class Chat:
 
     # -- entry points used by the broker loop ---------------------------------------------
 
-    def handle(self, peer: bytes, request: Request, identity: str | None = None,
+    def handle(self, peer: Peer, request: Request, identity: str | None = None,
                address: str = "") -> list[Delivery]:
         """Carry out one validated client request; return what must be delivered.
 
@@ -307,7 +327,7 @@ class Chat:
                 if isinstance(d, Send) and d.peer not in writers]
         return errors + kept + [d for d in self._out if isinstance(d, Send)]
 
-    def _admit(self, peer: bytes, request: Request, identity: str | None) -> Session | None:
+    def _admit(self, peer: Peer, request: Request, identity: str | None) -> Session | None:
         """The session a request belongs to; None for a hello that will open one.
 
         A session belongs to the key that opened it: the same routing id under another
@@ -350,7 +370,7 @@ class Chat:
                 return ok(request.id, room=room, seq=seq)
         return None
 
-    def refuse(self, peer: bytes, rid: int | None, err: ProtocolError) -> list[Delivery]:
+    def refuse(self, peer: Peer, rid: int | None, err: ProtocolError) -> list[Delivery]:
         """A request that failed validation: an error to its sender, nothing else. It is
         charged like any request, so garbage cannot be sent faster than requests: past
         the limit, the answer is that it came too fast."""
@@ -369,7 +389,7 @@ class Chat:
         for session in self.sessions.values():
             session.last_seen += seconds
 
-    def gone(self, peer: bytes, reason: str = "disconnected") -> list[Delivery]:
+    def gone(self, peer: Peer, reason: str = "disconnected") -> list[Delivery]:
         """The peer cannot be reached any more: end its session."""
         self._out = []
         session = self.sessions.get(peer)
@@ -378,11 +398,13 @@ class Chat:
         return self._out
 
     def expire(self) -> list[Delivery]:
-        """End the sessions of clients silent for longer than the peer timeout."""
+        """End the sessions of clients silent for longer than the peer timeout (those
+        behind an edge are the edge's to time out: it answers their pings)."""
         self._out = []
         now = self.clock()
         deadline = now - self.peer_timeout
-        for session in [s for s in self.sessions.values() if s.last_seen < deadline]:
+        for session in [s for s in self.sessions.values()
+                        if s.last_seen < deadline and s.edge is None]:
             self._end_session(session, "timed out")
         # Rooms nobody has been in for room_lifetime go, with their history (documented).
         while self._empty and self.store.problem() is None:
@@ -407,11 +429,18 @@ class Chat:
             log.info("Room %s removed: empty for %.0f s", room.name, now - since)
         return self._out
 
+    def edge_lost(self, edge: bytes, reason: str) -> list[Delivery]:
+        """An edge went silent: end the sessions of the clients it held."""
+        self._out = []
+        for session in [s for s in self.sessions.values() if s.edge == edge]:
+            self._end_session(session, reason)
+        return self._out
+
     def ticks(self) -> list[Delivery]:
         """A tick per occupied room: lets subscribers notice missed trailing events."""
         return [
             Publish(room.topic, {"ev": P.ROOM_TICK, "room": room.name, "seq": room.seq,
-                                 "inc": self.incarnation})
+                                 "inc": self.incarnation}, room)
             for room in self.rooms.values() if room.members
         ]
 
@@ -530,14 +559,15 @@ class Chat:
     # Each takes the session and the request's fields and returns the reply's fields,
     # or raises ProtocolError before changing anything.
 
-    def _hello(self, peer: bytes, session: Session | None, identity: str | None,
+    def _hello(self, peer: Peer, session: Session | None, identity: str | None,
                address: str, version: int, client: str | None) -> dict[str, Any]:
         if version != P.PROTOCOL_VERSION:
             raise ProtocolError("version", f"Unsupported protocol version {version}; "
                                            f"this broker speaks {P.PROTOCOL_VERSION}")
         if session is None:
+            # (Behind an edge, the edge checked it: it holds the key the id is bound to.)
             if identity is not None and self.route_check is not None \
-                    and not self.route_check(peer, identity):
+                    and isinstance(peer, bytes) and not self.route_check(peer, identity):
                 # Deliveries go by routing id: one that anybody could present would let
                 # them take somebody else's. Only the holder of the key can derive it.
                 raise ProtocolError("bad_route", "Your routing id must be derived from "
@@ -549,10 +579,17 @@ class Chat:
                                     f"Server full ({self.max_clients} clients); try later")
             if replaced is not None:
                 self._end_session(replaced, "replaced")
+            # The same client (its key and client id) on another connection: it moved to
+            # another edge, or reconnected, before the old one was known to be lost.
+            moved = self._by_client.get((identity or "", client)) if client else None
+            if moved is not None:
+                self._end_session(moved, "reconnected")
             bucket, delivery = self._spent.pop(identity or peer, None) or (
                 Bucket(self.burst, self.clock()), Bucket(self.delivery_burst, self.clock()))
             self.sessions[peer] = Session(peer, client, self.clock(), identity, address,
                                           bucket=bucket, delivery=delivery)
+            if client:
+                self._by_client[(identity or "", client)] = self.sessions[peer]
             log.info("Client connected (%d online)", len(self.sessions))
         return {"inc": self.incarnation, "pub": self.pub_address,
                 "heartbeat": P.HEARTBEAT_INTERVAL, "timeout": self.peer_timeout,
@@ -1220,6 +1257,8 @@ class Chat:
         room.members[fold(session.name)] = session
         room.names.add(session.name)
         session.rooms[fold(room.name)] = room
+        if (edge := session.edge) is not None:
+            room.edges[edge] = room.edges.get(edge, 0) + 1
         self._empty.pop(fold(room.name), None)
         self._owned_empty.pop(fold(room.name), None)
         session.joined[fold(room.name)] = self._room_event(room, "join", name=session.name)
@@ -1254,6 +1293,11 @@ class Chat:
         del room.members[fold(session.name)]
         room.names.remove(session.name)
         del session.rooms[fold(room.name)]
+        if (edge := session.edge) is not None:
+            if room.edges[edge] > 1:
+                room.edges[edge] -= 1
+            else:
+                del room.edges[edge]
         session.joined.pop(fold(room.name), None)
         if not room.members:
             self._empty[fold(room.name)] = self.clock()
@@ -1279,6 +1323,9 @@ class Chat:
             del self.users[fold(session.name)]
             self._user_names.remove(session.name)
         del self.sessions[session.peer]
+        if session.client_id and \
+                self._by_client.get((session.identity or "", session.client_id)) is session:
+            del self._by_client[(session.identity or "", session.client_id)]
         self._spent[session.identity or session.peer] = (session.bucket, session.delivery)
         if len(self._spent) > P.ANSWERS_REMEMBERED:
             self._spent.popitem(last=False)
@@ -1297,7 +1344,7 @@ class Chat:
         # A message remembers the request that made it, to recognise a retry after a crash.
         origin = _origin(self._request_key) if ev == "msg" and self._request_key else None
         self.store.append(room.name, seq, event, origin)
-        self._out.append(Publish(room.topic, event))
+        self._out.append(Publish(room.topic, event, room))
         return seq
 
     def _add_room(self, room: Room) -> None:
@@ -1315,11 +1362,14 @@ class Chat:
         self._empty.pop(fold(room.name), None)
         self._owned_empty.pop(fold(room.name), None)
         del self.topics[room.topic]
+        self.topic_changes.append((room.topic, False))
 
     def _rotate_topic(self, room: Room) -> None:
-        self.topics.pop(room.topic, None)
+        if self.topics.pop(room.topic, None) is not None:
+            self.topic_changes.append((room.topic, False))
         room.topic = room.name.encode() + b"\0" + self._token().encode()
         self.topics[room.topic] = room
+        self.topic_changes.append((room.topic, True))
 
     def _send(self, session: Session, body: dict[str, Any]) -> None:
         self._out.append(Send(session.peer, body))

@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="publisher address for room events (default %(default)s)")
     p.add_argument("--control-bind", default="tcp://127.0.0.1:5557",
                    help="admin control address (default %(default)s)")
+    p.add_argument("--edge-bind", metavar="ADDRESS",
+                   help="where edges connect (python -m edge): off unless given; only "
+                        "edge keys (edge.key, edges/*.key in --keys) are let in")
     p.add_argument("--db", default=os.path.join("data", "zchat.db"),
                    help="SQLite file holding rooms and history, or :memory: "
                         "(default %(default)s)")
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    secret, operators = _keys(args)
+    secret, operators, edges = _keys(args)
     # Each pass is one incarnation. With SQLite there is one; with PostgreSQL a core that
     # was fenced (it lost its session, and so the lock) waits as a standby and serves
     # again as a new incarnation once it holds the lock anew.
@@ -142,31 +145,35 @@ def main(argv: list[str] | None = None) -> int:
         except StoreError as exc:
             log.error("Cannot open the store: %s", exc)
             return 1
-        code = _serve(args, store, secret, operators)
+        code = _serve(args, store, secret, operators, edges)
         if code is not None:
             return code
         log.warning("This core is a standby now: it waits for the store's lock, then "
                     "serves as a new incarnation")
 
 
-def _keys(args: argparse.Namespace) -> tuple[bytes | None, frozenset[bytes]]:
-    """The broker's secret key and the operators' public keys (None: plaintext)."""
+def _keys(args: argparse.Namespace
+          ) -> tuple[bytes | None, frozenset[bytes], frozenset[bytes]]:
+    """The broker's secret key, the operators' and the edges' public keys (None:
+    plaintext)."""
     if args.insecure:
         log.warning("Plaintext mode (--insecure): traffic is readable, identities unchecked")
-        return None, frozenset()
+        return None, frozenset(), frozenset()
     directory = keys.key_dir(args.keys or os.environ.get("ZCHAT_KEYS")
                              or _beside(args.db, "keys"))
     for name in keys.ensure(directory):
         log.info("Created %s key pair in %s", name, directory)
     pair = keys.load(directory / "broker.key_secret")
     operators = frozenset(keys.operator_keys(directory))
-    log.info("Encrypted (CURVE). Broker public key: %s (%s); %d operator key(s)",
-             pair.public.decode(), directory / "broker.key", len(operators))
-    return pair.secret, operators
+    edges = frozenset(keys.edge_keys(directory)) if args.edge_bind else frozenset()
+    log.info("Encrypted (CURVE). Broker public key: %s (%s); %d operator key(s)%s",
+             pair.public.decode(), directory / "broker.key", len(operators),
+             f", {len(edges)} edge key(s)" if args.edge_bind else "")
+    return pair.secret, operators, edges
 
 
 def _serve(args: argparse.Namespace, store: Store, secret: bytes | None,
-           operators: frozenset[bytes]) -> int | None:
+           operators: frozenset[bytes], edges: frozenset[bytes]) -> int | None:
     """Serve one incarnation on ``store``: an exit code, or None if it was fenced."""
     try:
         chat = Chat(store, max_clients=args.max_clients, join_history=args.history,
@@ -183,7 +190,7 @@ def _serve(args: argparse.Namespace, store: Store, secret: bytes | None,
     try:
         broker = Broker(chat, ctx, bind=args.bind, pub_bind=args.pub_bind,
                         control_bind=args.control_bind, secret_key=secret,
-                        operators=operators)
+                        operators=operators, edge_bind=args.edge_bind, edge_keys=edges)
     except zmq.ZMQError as exc:
         log.error("Cannot bind: %s", exc)
         store.close()

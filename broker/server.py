@@ -7,6 +7,7 @@ One loop thread, three sockets:
   it names a live room topic. It lives in a thread of its own (``publisher.py``), since
   libzmq's cost of a subscriber leaving must never stall this loop.
 * ``control`` (ROUTER, answering the admin tool's REQ): operator commands.
+* ``edges`` (ROUTER, optional): edges that hold clients for this core (``edges.py``).
 
 Beside them, the guard (``guard.py``) knows the TCP connection behind each message and
 cuts those that would pin memory or descriptors before anything reaches this loop.
@@ -32,10 +33,12 @@ from collections.abc import Callable, Container, Iterable, Iterator, Set
 import zmq
 
 from schema import ProtocolError, decode, decode_admin, error, pack
+from schema import edge as E
 from schema import protocol as P
 
-from .auth import CHAT, CONTROL, ZAP_ENDPOINT, answer
-from .chat import Chat, Delivery, Publish
+from .auth import CHAT, CONTROL, EDGE, ZAP_ENDPOINT, answer
+from .chat import Chat, Delivery, Peer, Publish, Room
+from .edges import Edges
 from .guard import Connections, raise_fd_limit
 from .publisher import Publisher
 from .store import Fenced, StoreError
@@ -62,7 +65,7 @@ MANY_FRAMES = 16  # a request of more frames is no client's mistake but an attac
 STALL = 0.25
 
 
-def _tune(sock: zmq.Socket, max_frame: int, domain: bytes, secret_key: bytes | None) -> None:
+def tune(sock: zmq.Socket, max_frame: int, domain: bytes, secret_key: bytes | None) -> None:
     sock.setsockopt(zmq.LINGER, 500)
     sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
     # Liveness is the clients' pings (a silent session ends after PEER_TIMEOUT), not ZMTP
@@ -83,11 +86,14 @@ def _tune(sock: zmq.Socket, max_frame: int, domain: bytes, secret_key: bytes | N
 class Broker:
     def __init__(self, chat: Chat, ctx: zmq.Context, *, bind: str, pub_bind: str,
                  control_bind: str, secret_key: bytes | None = None,
-                 operators: Set[bytes] = frozenset()):
-        """``secret_key`` (z85) turns on CURVE on every socket; None means plaintext."""
+                 operators: Set[bytes] = frozenset(), edge_bind: str | None = None,
+                 edge_keys: Set[bytes] = frozenset()):
+        """``secret_key`` (z85) turns on CURVE on every socket; None means plaintext.
+        ``edge_bind``: where edges connect (only ``edge_keys`` are let in)."""
         self.chat = chat
         self.secure = secret_key is not None
         self.operators = operators
+        self.edge_keys = edge_keys
         # The authenticator must be listening before any socket can take a connection.
         self.zap = ctx.socket(zmq.REP)
         self.zap.setsockopt(zmq.LINGER, 0)
@@ -96,13 +102,22 @@ class Broker:
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown peer: an error, not silence
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting client takes over
         self.router.setsockopt(zmq.SNDHWM, ROUTER_QUEUE)
-        _tune(self.router, P.FRAME_MAX, CHAT, secret_key)
+        tune(self.router, P.FRAME_MAX, CHAT, secret_key)
         self.publisher = ctx.socket(zmq.XPUB)
         self.publisher.setsockopt(zmq.XPUB_MANUAL, 1)
         self.publisher.setsockopt(zmq.SNDHWM, PUBLISHER_QUEUE)
-        _tune(self.publisher, P.SUBSCRIPTION_FRAME_MAX, CHAT, secret_key)
+        tune(self.publisher, P.SUBSCRIPTION_FRAME_MAX, CHAT, secret_key)
         self.control = ctx.socket(zmq.ROUTER)
-        _tune(self.control, P.CONTROL_FRAME_MAX, CONTROL, secret_key)
+        tune(self.control, P.CONTROL_FRAME_MAX, CONTROL, secret_key)
+        self.edge_sock: zmq.Socket | None = None
+        if edge_bind is not None:
+            self.edge_sock = ctx.socket(zmq.ROUTER)
+            self.edge_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self.edge_sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # an edge that reconnects
+            for option in (zmq.SNDHWM, zmq.RCVHWM):
+                self.edge_sock.setsockopt(option, E.LINK_QUEUE)
+            # A link message is a turn's requests: each frame is at most a client's.
+            tune(self.edge_sock, P.FRAME_MAX, EDGE, secret_key)
         # The connections behind the sockets, which libzmq hides: watched from before the
         # first one arrives, so that any can be cut (see guard.py).
         limit = raise_fd_limit()
@@ -117,11 +132,14 @@ class Broker:
         self.router.bind(bind)
         self.publisher.bind(pub_bind)
         self.control.bind(control_bind)
-        self.endpoints = {
-            name: sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            for name, sock in (("router", self.router), ("pub", self.publisher),
-                               ("control", self.control))
-        }
+        named = [("router", self.router), ("pub", self.publisher), ("control", self.control)]
+        if self.edge_sock is not None:
+            self.edge_sock.bind(edge_bind)
+            named.append(("edges", self.edge_sock))
+        self.endpoints = {name: sock.getsockopt_string(zmq.LAST_ENDPOINT)
+                          for name, sock in named}
+        self.edges = Edges(self.edge_sock, chat, secure=self.secure) \
+            if self.edge_sock is not None else None
         chat.pub_address = self.endpoints["pub"]
         self.pub = Publisher(ctx, self.publisher, publisher_conns, chat.grants)
         self.stopping = False
@@ -147,11 +165,14 @@ class Broker:
         poller = zmq.Poller()
         for sock in (self.zap, self.router, self.control, *self.conns.monitors):
             poller.register(sock, zmq.POLLIN)
+        if self.edge_sock is not None:
+            poller.register(self.edge_sock, zmq.POLLIN)
         self.pub.start()
         now = time.monotonic()
         next_tick, next_expiry = now + P.ROOM_TICK_INTERVAL, now + EXPIRY_CHECK
-        log.info("zchat broker ready: router=%s pub=%s control=%s", self.endpoints["router"],
-                 self.endpoints["pub"], self.endpoints["control"])
+        edges = f" edges={self.endpoints['edges']}" if self.edges is not None else ""
+        log.info("zchat broker ready: router=%s pub=%s control=%s%s", self.endpoints["router"],
+                 self.endpoints["pub"], self.endpoints["control"], edges)
         turn_ended = self._mark = time.monotonic()
         while not self.stopping:
             # Bounded by the guard's next look: an endless message wakes nothing here.
@@ -173,6 +194,8 @@ class Broker:
                 self._answer_zap()
             if self.router in ready:
                 out += self._drain_requests()
+            if self.edges is not None and self.edge_sock in ready:
+                out += self.edges.drain()
             if self.control in ready:
                 control_replies = self._drain_control(out)
             now = time.monotonic()
@@ -183,6 +206,8 @@ class Broker:
                     self.stopping = True
                 self.chat.store.check()
                 out += self.chat.expire()
+                if self.edges is not None:
+                    out += self.edges.expire()
                 self._forget_gone()
                 next_expiry = now + EXPIRY_CHECK
             if now >= next_tick:
@@ -218,6 +243,8 @@ class Broker:
             log.warning("The broker was away %.1f s; clients' silence then is pardoned",
                         away)
             self.chat.pardon(away)
+            if self.edges is not None:
+                self.edges.pardon(away)
 
     def _commit(self, out: list[Delivery], control: list[tuple[list[bytes], dict]]
                 ) -> list[Delivery]:
@@ -258,7 +285,7 @@ class Broker:
         for _ in range(BATCH):
             # Near the descriptor limit, chat peers wait and operators still get in.
             verdict = answer(self.zap, secure=self.secure, operators=self.operators,
-                             crowded=self._crowded())
+                             edges=self.edge_keys, crowded=self._crowded())
             if verdict is None:
                 return
             if not verdict.allowed:
@@ -332,19 +359,31 @@ class Broker:
         replies and private messages in one frame (more only past the frame bounds),
         in the order they were made. Sends never block."""
         pending = list(deliveries)
+        edges = self.edges
         while pending:
-            rooms: dict[bytes, list[dict]] = {}
-            clients: dict[bytes, list[dict]] = {}
+            if edges is not None:  # what they grant changes before any frame names it
+                edges.topics(self.chat.topic_changes)
+            self.chat.topic_changes.clear()
+            rooms: dict[bytes, tuple[Room | None, list[dict]]] = {}
+            clients: dict[Peer, list[dict]] = {}
             for item in pending:
                 if isinstance(item, Publish):
-                    rooms.setdefault(item.topic, []).append(item.body)
+                    rooms.setdefault(item.topic, (item.room, []))[1].append(item.body)
                 else:
                     clients.setdefault(item.peer, []).append(item.body)
             pending = []
-            for topic, events in rooms.items():
+            for topic, (room, events) in rooms.items():
                 for frame in _frames(events):
                     self.chat.counters.frames_out += self.pub.publish(topic, frame)
+                    if edges and room is not None and room.edges:
+                        self.chat.counters.frames_out += edges.room(room.edges, topic, frame)
+            by_edge: dict[bytes, list[bytes]] = {}
             for peer, messages in clients.items():
+                if type(peer) is tuple:  # behind an edge: one link message per edge
+                    frames = by_edge.setdefault(peer[0], [])
+                    for frame in _frames(messages):
+                        frames += (peer[1], frame)
+                    continue
                 for frame in _frames(messages):
                     try:
                         self.router.send(peer, _MORE)
@@ -363,6 +402,12 @@ class Broker:
                         if peer in self.chat.sessions:
                             pending += self._commit(self.chat.gone(peer, reason), [])
                         break
+            for edge, frames in by_edge.items():
+                assert edges is not None
+                if edges.send(edge, frames):
+                    self.chat.counters.frames_out += len(frames) // 2
+                else:  # gone, or so far behind that its queue is full: its clients resume
+                    pending += self._commit(edges.lose(edge, "its edge is not reading"), [])
 
     def _farewell(self) -> None:
         if self.fenced is None:
@@ -375,8 +420,9 @@ class Broker:
         self.chat.store.close()
         self.pub.stop()  # it closes the publisher socket
         self.conns.close()
-        for sock in (self.router, self.control, self.zap):
-            sock.close()
+        for sock in (self.router, self.control, self.zap, self.edge_sock):
+            if sock is not None:
+                sock.close()
 
 
 def _frames(messages: list[dict]) -> Iterator[bytes]:

@@ -8,6 +8,9 @@ Layout of a key directory (default ``data/keys`` beside the default store, or
     admin.key          an operator's public key (the control socket admits only these...)
     admin.key_secret   ...and the admin tool signs in with this one
     admins/*.key       further operators' public keys
+    edge.key           an edge's public key (the core's edge socket admits only these...)
+    edge.key_secret    ...and an edge signs in to the core with this one
+    edges/*.key        further edges' public keys
 
 The broker creates what is missing at its first start, so one machine needs no setup;
 ``python -m admin keygen`` does the same ahead of time, and makes client key pairs.
@@ -50,9 +53,10 @@ def _create(directory: Path, name: str) -> None:
 
 
 def ensure(directory: Path) -> list[str]:
-    """Create the broker's and the first operator's key pairs if missing; say which."""
+    """Create the broker's, the first operator's and the first edge's key pairs if
+    missing; say which."""
     made = []
-    for name in ("broker", "admin"):
+    for name in ("broker", "admin", "edge"):
         if not (directory / f"{name}.key_secret").exists():
             _create(directory, name)
             made.append(name)
@@ -87,6 +91,15 @@ def operator_keys(directory: Path) -> set[bytes]:
     """Public keys admitted on the control socket."""
     keys = set()
     for path in [directory / "admin.key", *sorted((directory / "admins").glob("*.key"))]:
+        if path.exists():
+            keys.add(load(path).public)
+    return keys
+
+
+def edge_keys(directory: Path) -> set[bytes]:
+    """Public keys admitted on the core's edge socket."""
+    keys = set()
+    for path in [directory / "edge.key", *sorted((directory / "edges").glob("*.key"))]:
         if path.exists():
             keys.add(load(path).public)
     return keys

@@ -5,7 +5,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import zmq
 
-from .harness import Broker, Client, start_broker
+from .harness import Broker, Client, EdgedBroker, start_broker, start_edged
 from .pgcluster import Cluster, MissingPostgres
 
 
@@ -14,6 +14,15 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "broker_args(*args): extra command-line arguments for the broker fixture")
     config.addinivalue_line("markers", "sqlite_only: a test of what only SQLite has")
     config.addinivalue_line("markers", "postgres_only: a test of what only PostgreSQL has")
+    config.addinivalue_line(
+        "markers", "via_edge: run the test against the broker and again against an edge "
+                   "of it (the broker fixture is then the edge, for clients)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("via_edge") and \
+            "broker" in metafunc.fixturenames:
+        metafunc.parametrize("broker", ["direct", "edge"], indirect=True)
 
 
 @pytest.fixture
@@ -29,7 +38,11 @@ def broker(tmp_path, request: pytest.FixtureRequest) -> Iterator[Broker]:
     """A real broker process on free loopback ports with its own SQLite file.
     ``@pytest.mark.broker_args("--rate", "0")`` passes extra arguments to it."""
     marker = request.node.get_closest_marker("broker_args")
-    b = start_broker(str(tmp_path / "zchat.db"), *(marker.args if marker else ()))
+    extra = marker.args if marker else ()
+    if getattr(request, "param", "direct") == "edge":
+        b: Broker | EdgedBroker = start_edged(str(tmp_path / "zchat.db"), *extra)
+    else:
+        b = start_broker(str(tmp_path / "zchat.db"), *extra)
     yield b
     b.stop()
 

@@ -337,6 +337,78 @@ def start_gateway(broker: Broker, *extra: str, timeout: float = 10.0) -> Gateway
     return Gateway(proc, log, ready[1], int(ready[2]))
 
 
+# --- edges ----------------------------------------------------------------------------------
+
+EDGE_READY = re.compile(r"zchat edge ready: router=(\S+) pub=(\S+) core=(\S+)")
+EDGES = re.compile(r"zchat broker ready: .* edges=(\S+)")
+
+
+@dataclass
+class Edge:
+    """A ``python -m edge`` process: clients connect to ``router`` as to a broker."""
+
+    proc: subprocess.Popen
+    log: Lines
+    router: str
+    pub: str
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+        return stop_process(self.proc, sig, timeout)
+
+
+def edge_address(broker: Broker) -> str:
+    """Where a core started with ``--edge-bind`` takes edges."""
+    found = next((EDGES.search(line) for line in broker.log.seen if EDGES.search(line)),
+                 None)
+    assert found, "the core was not started with --edge-bind"
+    return found[1]
+
+
+def start_edge(core: str, keys_dir: str | None, *extra: str, router: str = "tcp://127.0.0.1:*",
+               pub: str = "tcp://127.0.0.1:*", timeout: float = 10.0) -> Edge:
+    """An edge for the core(s) at ``core`` (their edge addresses, comma-separated), on
+    free loopback ports, with the core's key directory (None: plaintext)."""
+    args = ["--core", core, "--bind", router, "--pub-bind", pub, *extra]
+    args += ["--insecure"] if keys_dir is None else ["--keys", keys_dir]
+    proc = subprocess.Popen([sys.executable, "-m", "edge", *args], cwd=ROOT, env=_env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    log = Lines(proc.stderr)
+    try:
+        ready = EDGE_READY.search(log.wait_for(EDGE_READY.search, timeout))
+    except AssertionError:
+        proc.kill()
+        raise
+    assert ready
+    return Edge(proc, log, ready[1], ready[2])
+
+
+@dataclass
+class EdgedBroker(Broker):
+    """A core with one edge, seen as clients see it: ``router`` and ``pub`` are the
+    edge's; ``control`` and the keys are the core's; ``proc`` and ``log`` the edge's."""
+
+    core: Broker | None = None
+    edge: Edge | None = None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+        assert self.core is not None and self.edge is not None
+        self.edge.stop(sig, timeout)
+        return self.core.stop(sig, timeout)
+
+
+def start_edged(db: str, *extra: str) -> EdgedBroker:
+    """A core (``start_broker`` with ``extra``) and an edge of it."""
+    core = start_broker(db, "--edge-bind", "tcp://127.0.0.1:*", *extra)
+    try:
+        edge = start_edge(edge_address(core), core.keys_dir)
+    except BaseException:
+        core.stop()
+        raise
+    return EdgedBroker(edge.proc, edge.log, edge.router, edge.pub, core.control, core.db,
+                       core.args, core=core, edge=edge)
+
+
 class RawIrc:
     """A bare IRC connection, for what a client library cannot express: CAP and tags,
     raw bytes, a peer that never reads. Lines (without CR LF) are read by a thread."""

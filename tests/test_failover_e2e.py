@@ -29,10 +29,13 @@ from schema import protocol as P
 from .harness import (
     Broker,
     Client,
+    Edge,
+    free_tcp_address,
     raw_socket,
     serving,
     start_broker,
     start_core,
+    start_edge,
     stored_events,
     wait_serving,
 )
@@ -82,10 +85,10 @@ def cores(pg_dsn, keys_dir) -> Iterator[list[Broker]]:
 
 
 class Rooms:
-    """Four clients, each knowing both cores' addresses, chatting in two rooms; what each
+    """Four clients, each knowing both servers (cores, or edges), chatting in two rooms; what each
     said, and the checks of what the store and every client ended up with."""
 
-    def __init__(self, cores: list[Broker]):
+    def __init__(self, cores: list[Broker] | list[Edge]):
         servers = ",".join(core.router for core in cores)
         self.people: list[tuple[Client, str]] = []
         self.said: dict[Client, list[str]] = {}
@@ -323,6 +326,51 @@ def test_a_standby_stops_at_once_when_asked(cores):
     assert standby.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 2
     assert active.proc.poll() is None
+
+
+# --- (d) the same, with edges in front of the cores -------------------------------------------
+
+
+@pytest.fixture
+def edged_cores(pg_dsn, keys_dir) -> Iterator[tuple[list[Broker], list[Edge]]]:
+    """Two cores on one database, each with a fixed edge address, and two edges that
+    know both: only the active core binds, so the edges' links reach it alone."""
+    links = [free_tcp_address(), free_tcp_address()]
+    cores: list[Broker] = []
+    edges: list[Edge] = []
+    try:
+        for link in links:
+            cores.append(start_core(pg_dsn, keys_dir, *CORE_ARGS, "--edge-bind", link))
+        assert serving(cores[0]) and not serving(cores[1])
+        edges += [start_edge(",".join(links), keys_dir) for _ in range(2)]
+        yield cores, edges
+    finally:
+        for edge in edges:
+            edge.stop()
+        for core in cores:
+            core.stop()
+
+
+@pytest.mark.timeout(60)
+def test_kill_9_of_the_active_core_behind_edges_the_clients_resume_through_them(
+        edged_cores, pg_dsn):
+    (active, standby), edges = edged_cores
+    rooms = Rooms(edges)  # each client knows both edges, and starts on the first
+    try:
+        rooms.say(40)
+        rooms.clients[0].event("reply", cmd="say", timeout=10)  # killed mid-stream
+        killed = time.monotonic()
+        active.proc.kill()
+        wait_serving(standby, timeout=5)
+        assert time.monotonic() - killed < 5, "the standby took over too late"
+        rooms.say(40)
+        rooms.wait_resumed(timeout=20)
+        rooms.settle()
+        rooms.check(pg_dsn)
+        for edge in edges:  # the edges stayed up and found the new core by themselves
+            assert edge.proc.poll() is None
+    finally:
+        rooms.close()
 
 
 # --- the single-machine suite, once against PostgreSQL (the tests imported above) -----------

@@ -242,6 +242,7 @@ def serve_check(clients: Callable[..., Client], tag: str) -> None:
 # === Encryption ==========================================================================
 
 
+@pytest.mark.via_edge
 def test_plaintext_sockets_get_nothing_from_any_broker_socket(broker, zctx):
     # A member keeps a room busy, so there is something to read.
     alice = Peer(zctx, broker, "alice")
@@ -409,6 +410,7 @@ def test_the_running_broker_answers_its_authenticator_so_valid_keys_get_in(broke
 # === Identity ============================================================================
 
 
+@pytest.mark.via_edge
 def test_a_password_registered_nickname_needs_its_password(broker, clients, zctx):
     alice = clients()
     alice.send("login alice", "/register hunter2-pass")
@@ -440,6 +442,7 @@ def _client_key(broker: Broker, name: str) -> str:
     return str(Path(broker.keys_dir) / "clients" / f"{name}.key_secret")
 
 
+@pytest.mark.via_edge
 def test_a_key_registered_nickname_goes_to_its_key_only(broker, clients):
     carol_key, other_key = _client_key(broker, "carol"), _client_key(broker, "other")
     carol = clients("--identity", carol_key)
@@ -484,6 +487,7 @@ def test_reservations_survive_a_broker_restart(broker, brokers, clients):
 # === Room privacy ========================================================================
 
 
+@pytest.mark.via_edge
 def test_no_subscription_a_stranger_can_make_reads_a_room(broker, zctx):
     alice = Peer(zctx, broker, "alice")
     alice.ok("create", room="vault")
@@ -594,6 +598,7 @@ def hear_resubscribing(speaker: Peer, room: str, listener: Peer, topic: bytes, l
                 asked = time.monotonic()
 
 
+@pytest.mark.via_edge
 def test_junk_frames_cannot_steer_a_members_grant_to_the_attacker(broker, zctx, clients):
     alice = Peer(zctx, broker, "alice")
     alice.ok("create", room="vault")
@@ -684,6 +689,7 @@ def test_the_junk_flood_does_steal_grants_from_an_unguarded_publisher(tmp_path):
         ctx.destroy(linger=0)
 
 
+@pytest.mark.via_edge
 @pytest.mark.parametrize("removal", ["leave", "kick", "kill"])
 def test_a_removed_member_stops_receiving_at_once_even_ignoring_the_notice(
         broker, zctx, removal):
@@ -792,6 +798,7 @@ def test_legacy_zmtp_frames_are_a_real_way_in_to_a_plain_router():
         ctx.destroy(linger=0)
 
 
+@pytest.mark.via_edge
 def test_garbage_http_and_legacy_frames_are_never_processed(broker, clients):
     serve_check(clients, "before")
     before, rss_before = stats(broker), rss_mib(broker.proc.pid)
@@ -854,6 +861,7 @@ def test_a_curve_peer_without_a_size_limit_would_take_the_huge_frame():
         ctx.destroy(linger=0)
 
 
+@pytest.mark.via_edge
 def test_a_message_over_the_size_limit_drops_its_peer_unprocessed(broker, clients, zctx):
     before = stats(broker)
     big = curve_socket(zctx, zmq.DEALER, broker_key(broker))
@@ -902,6 +910,7 @@ def test_a_flood_of_held_open_connections_does_not_stop_service(broker, clients)
 # === Abuse limits ========================================================================
 
 
+@pytest.mark.via_edge
 def test_a_flooder_is_rate_limited_while_others_chat_on(broker, zctx, clients):
     # The real client paces itself to the announced limits: a flooder is a bare client.
     flooder = Peer(zctx, broker, "flooder")
@@ -940,6 +949,7 @@ def test_a_flooder_is_rate_limited_while_others_chat_on(broker, zctx, clients):
     watcher.event("msg", **{"from": "flooder", "text": "sorry"}, timeout=10)
 
 
+@pytest.mark.via_edge
 @pytest.mark.broker_args("--rate", "0")
 def test_names_sizes_and_counts_are_limited_by_the_broker_itself(broker, zctx):
     peer = Peer(zctx, broker)  # bare sockets: the client's own checks are skipped
@@ -978,6 +988,7 @@ def test_names_sizes_and_counts_are_limited_by_the_broker_itself(broker, zctx):
     assert len(names) == P.ROOMS_PER_MEMBER_MAX + 1 and room in names  # with "elsewhere"
 
 
+@pytest.mark.via_edge
 def test_escape_sequences_are_delivered_but_shown_neutralised(broker, clients, zctx):
     nasty = "look \x1b[2J\x07\x1b]0;pwned\x07\x1b[31m red \x9b1;1H done"
     alice = Peer(zctx, broker, "alice")  # bare sockets: no client-side cleaning at all
@@ -1030,6 +1041,7 @@ def test_a_client_that_asks_for_history_and_never_reads_cannot_grow_broker_memor
     assert growth < RSS_GROWTH_LIMIT_MIB, f"broker grew by {growth:.0f} MiB"
 
 
+@pytest.mark.via_edge
 def test_refused_subscriptions_cannot_grow_broker_memory(broker, zctx):
     # libzmq's manual XPUB keeps every subscription a peer asks for, refused or not, until
     # the peer leaves: so the broker cuts a connection past a few refused topics.

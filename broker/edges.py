@@ -1,0 +1,143 @@
+"""The core's side of its edges: one ROUTER that edges connect to (schema/edge.py).
+
+An edge holds clients and relays their requests here; the chat handles them as any
+client's, under the peer ``(edge, client)``. What the chat sends to such a peer goes back
+through its edge, one link message per edge per turn, and a room's frame goes once to
+each edge that has members in the room (``Room.edges``), which publishes it to its own
+subscribers. Before any of a turn's frames, each edge is told the room topics that
+became live or dead: it grants its clients' subscriptions from that set, as the core's
+publisher grants from the chat's.
+
+An edge silent for ``TIMEOUT`` (it answers its clients' pings itself, so the chat cannot
+time them out) is lost: the sessions it held end, and its clients resume on another.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import zmq
+
+from schema import ProtocolError, decode
+from schema import edge as E
+
+from .chat import Chat, Delivery
+
+log = logging.getLogger("zchat.broker")
+
+_MORE, _NOW = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
+BATCH = 256  # link messages taken per turn (each up to REQUESTS_PER_MESSAGE requests)
+
+
+class Edges:
+    def __init__(self, sock: zmq.Socket, chat: Chat, *, secure: bool,
+                 clock: Callable[[], float] = time.monotonic):
+        """``sock``: the bound edge ROUTER."""
+        self.sock, self.chat, self.secure, self.clock = sock, chat, secure, clock
+        self.heard: dict[bytes, float] = {}  # edge -> when it was last heard
+        self.frames_in = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.heard)
+
+    # -- in -------------------------------------------------------------------------------
+
+    def drain(self) -> list[Delivery]:
+        """What the edges sent since the last turn, handled: the deliveries it made."""
+        out: list[Delivery] = []
+        for _ in range(BATCH):
+            try:
+                frames = self.sock.recv_multipart(_NOW)
+            except zmq.Again:
+                break
+            edge, kind, rest = frames[0], frames[1] if len(frames) > 1 else b"", frames[2:]
+            if edge not in self.heard:
+                log.info("Edge %s connected (%d edges)", edge.hex(), len(self.heard) + 1)
+                self._send(edge, [E.TOPICS, E.ALL, *_flat((t, E.LIVE)
+                                                         for t in self.chat.topics)])
+            self.heard[edge] = self.clock()
+            if kind == E.REQUEST and len(rest) % 4 == 0:
+                out += self._requests(edge, rest)
+            elif kind == E.GONE and len(rest) % 2 == 0:
+                for k in range(0, len(rest), 2):
+                    out += self.chat.gone((edge, rest[k]), rest[k + 1].decode(errors="replace"))
+            elif kind == E.HELLO:
+                self._send(edge, [E.ALIVE, self.chat.incarnation.encode()])
+            else:
+                log.warning("Edge %s: dropped a link message of kind %r", edge.hex(), kind)
+        return out
+
+    def _requests(self, edge: bytes, rest: Sequence[bytes]) -> list[Delivery]:
+        out: list[Delivery] = []
+        handle, refuse = self.chat.handle, self.chat.refuse
+        for k in range(0, len(rest), 4):
+            client, key, address, body = rest[k:k + 4]
+            peer = (edge, client)
+            self.frames_in += 1
+            try:
+                identity = key.decode() or None if self.secure else None
+                out += handle(peer, decode(body), identity, address.decode())
+            except ProtocolError as err:
+                out += refuse(peer, err.rid, err)
+            except UnicodeDecodeError:
+                out += refuse(peer, None, ProtocolError("malformed", "Not UTF-8"))
+        return out
+
+    def expire(self) -> list[Delivery]:
+        """Edges silent too long are lost, and the sessions they held end."""
+        out: list[Delivery] = []
+        deadline = self.clock() - E.TIMEOUT
+        for edge in [e for e, at in self.heard.items() if at < deadline]:
+            out += self.lose(edge, "its edge was lost")
+        return out
+
+    def pardon(self, seconds: float) -> None:
+        """The core itself was away: no edge's silence then counts against it."""
+        for edge in self.heard:
+            self.heard[edge] += seconds
+
+    def lose(self, edge: bytes, reason: str) -> list[Delivery]:
+        self.heard.pop(edge, None)
+        log.warning("Edge %s lost: %s", edge.hex(), reason)
+        return self.chat.edge_lost(edge, reason)
+
+    # -- out ------------------------------------------------------------------------------
+
+    def topics(self, changes: Iterable[tuple[bytes, bool]]) -> None:
+        """Tell every edge the topics made live or dead this turn (before its frames)."""
+        message = [E.TOPICS, b"", *_flat((t, E.LIVE if live else E.DEAD)
+                                         for t, live in changes)]
+        if len(message) > 2:
+            for edge in list(self.heard):
+                self._send(edge, message)
+
+    def room(self, edges: Iterable[bytes], topic: bytes, frame: bytes) -> int:
+        """A room frame to each of these edges; how many took it."""
+        sent = 0
+        for edge in edges:
+            if edge in self.heard:
+                sent += self._send(edge, [E.ROOM, topic, frame])
+        return sent
+
+    def send(self, edge: bytes, frames: list[bytes]) -> bool:
+        """A turn's frames for clients on one edge: ``[client, frame, client, frame...]``.
+        False if the edge cannot take them (gone, or its queue full: not reading)."""
+        return edge in self.heard and self._send(edge, [E.SEND, *frames])
+
+    def _send(self, edge: bytes, message: list[bytes]) -> bool:
+        try:
+            self.sock.send(edge, _MORE)
+            self.sock.send_multipart(message, _NOW)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
+                raise
+            return False
+
+
+def _flat(pairs: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+    return [part for pair in pairs for part in pair]
+

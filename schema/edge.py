@@ -1,0 +1,50 @@
+"""The link between an edge and the core: its messages, kinds and limits.
+
+An edge holds client connections and relays them to the core over one DEALER (the
+core's edge socket is a ROUTER, CURVE, in a ZAP domain that admits only edge keys). The
+clients' own protocol (``schema.protocol``) passes through unchanged: the bodies below
+are the clients' request frames and the broker's reply frames, byte for byte. Each link
+message is a multipart message whose first frame is its kind:
+
+Edge to core
+    ``HELLO  info``                  every HEARTBEAT s; msgpack ``{"pub": address}``.
+                                     The first one (or any message from an edge the core
+                                     does not know) makes the core send TOPICS first.
+    ``REQUEST (client, key, address, body)...``
+                                     client requests of one turn, four frames each: the
+                                     client's routing id on the edge, its CURVE key (z85,
+                                     empty in plaintext), its IP address (only with a
+                                     hello, else empty), the request frame as the client
+                                     sent it (the edge checked its size and shape).
+    ``GONE   (client, reason)...``   clients the edge lost (silent, cut, not reading).
+
+Core to edge
+    ``TOPICS live? (topic, live)...`` room topics that became live (b"1") or dead (b"0")
+                                     since the last; the first after a HELLO carries every
+                                     live topic and ``live?`` b"all": the edge's set is
+                                     replaced. Always before any reply naming a topic.
+    ``SEND   (client, frame)...``    the turn's frames for clients on this edge, in order.
+    ``ROOM   topic frame``           one room frame of the turn, once per edge that has
+                                     members in the room; the edge publishes it.
+    ``ALIVE  incarnation``           the answer to a HELLO.
+
+The link is trusted in one direction only: the core trusts an edge's word on who a
+client is (the edge did the CURVE handshake with it and checked its routing id), and an
+edge trusts the core's frames. Neither trusts a client.
+"""
+
+from __future__ import annotations
+
+HELLO, REQUEST, GONE = b"H", b"R", b"G"
+TOPICS, SEND, ROOM, ALIVE = b"T", b"S", b"P", b"A"
+ALL = b"all"
+LIVE, DEAD = b"1", b"0"
+
+HEARTBEAT = 1.0  # seconds between an edge's hellos
+TIMEOUT = 4.0  # an edge (or the core) silent this long is lost
+# Requests and client losses in one link message at most (a turn's worth).
+REQUESTS_PER_MESSAGE = 512
+# Frames queued on the link before a send would block: a core that stopped reading makes
+# its edge refuse clients' requests (busy) rather than hold them without bound.
+LINK_QUEUE = 100_000
+INFO_MAX = 4096  # bytes of a HELLO's info

@@ -1,0 +1,175 @@
+"""Edges, without sockets: the chat core's rules for clients behind edges, and an edge's
+own decisions for its clients (edge/clients.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from broker.chat import Chat
+from broker.store import SqliteStore
+from edge.clients import Answer, Clients, Relay
+from schema import pack, request, unpack
+from schema import protocol as P
+
+from .test_chat import PUB, UNLIMITED, Clock, call, connect, ok, published, tokens
+
+A, B = b"peer-a", b"peer-b"  # on the core itself
+E1, E2 = b"edge-1", b"edge-2"
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def chat(clock) -> Iterator[Chat]:
+    store = SqliteStore(":memory:")
+    yield Chat(store, **UNLIMITED, pub_address=PUB, clock=clock, token=tokens())
+    store.close()
+
+
+# --- the chat core: peers behind edges ------------------------------------------------------
+
+
+def test_a_room_counts_its_members_per_edge_as_they_come_and_go(chat):
+    connect(chat, (E1, b"a"), "alice")
+    connect(chat, (E1, b"b"), "bob")
+    connect(chat, (E2, b"c"), "carol")
+    connect(chat, A, "dave")  # on the core itself: no edge
+    ok(chat, (E1, b"a"), "create", room="den")
+    for peer in ((E1, b"b"), (E2, b"c"), A):
+        ok(chat, peer, "join", room="den")
+    room = chat.rooms["den"]
+    assert room.edges == {E1: 2, E2: 1}
+    ok(chat, (E2, b"c"), "leave", room="den")
+    assert room.edges == {E1: 2}
+    ok(chat, (E1, b"a"), "logout")
+    assert room.edges == {E1: 1}
+    # A room event carries its room, so the loop can send it to these edges once each.
+    _, out = call(chat, (E1, b"b"), "say", room="den", text="hi")
+    [event] = published(out)
+    assert event.room is room and event.body["text"] == "hi"
+
+
+def test_topics_made_live_and_dead_are_kept_for_the_edges_in_order(chat):
+    chat.topic_changes.clear()
+    connect(chat, A, "alice")
+    connect(chat, B, "bob")
+    ok(chat, A, "create", room="den")
+    first = chat.rooms["den"].topic
+    ok(chat, B, "join", room="den")
+    ok(chat, B, "leave", room="den")  # a leave rotates the topic
+    second = chat.rooms["den"].topic
+    assert chat.topic_changes == [(first, True), (first, False), (second, True)]
+
+
+def test_sessions_behind_an_edge_are_the_edges_to_time_out(chat, clock):
+    connect(chat, (E1, b"a"), "alice")
+    connect(chat, A, "bob")
+    clock.advance(P.PEER_TIMEOUT + 1)
+    chat.expire()
+    assert set(chat.sessions) == {(E1, b"a")}  # bob, on the core, timed out
+
+
+def test_an_edge_lost_ends_the_sessions_it_held_and_tells_their_rooms(chat):
+    connect(chat, (E1, b"a"), "alice")
+    connect(chat, (E2, b"b"), "bob")
+    ok(chat, (E2, b"b"), "create", room="den")
+    ok(chat, (E1, b"a"), "join", room="den")
+    out = chat.edge_lost(E1, "its edge was lost")
+    assert set(chat.sessions) == {(E2, b"b")}
+    [leave] = [p.body for p in published(out) if p.body["ev"] == "leave"]
+    assert (leave["name"], leave["reason"]) == ("alice", "its edge was lost")
+    assert "alice" not in chat.users and chat.rooms["den"].edges == {E2: 1}
+
+
+def test_the_same_client_coming_back_through_another_edge_takes_its_name_back(chat):
+    hello = {"version": P.PROTOCOL_VERSION, "client": "cafe"}
+    ok(chat, (E1, b"a"), "hello", **hello)
+    ok(chat, (E1, b"a"), "login", name="alice")
+    ok(chat, (E1, b"a"), "create", room="den")
+    # Its edge is not known to be lost yet; the client moved on, with the same client id.
+    ok(chat, (E2, b"a2"), "hello", **hello)
+    assert ok(chat, (E2, b"a2"), "login", name="alice")["name"] == "alice"
+    assert set(chat.sessions) == {(E2, b"a2")}
+    # Another client (another id) may not take it so.
+    ok(chat, (E1, b"x"), "hello", version=P.PROTOCOL_VERSION, client="beef")
+    reply, _ = call(chat, (E1, b"x"), "login", name="alice")
+    assert reply["code"] == "name_taken"
+
+
+def test_a_peer_behind_an_edge_is_never_a_routing_id_on_the_core(chat):
+    """A tuple cannot be presented on the ROUTER: no client can pose as one behind an
+    edge, and the core's route check (the edge's job for them) never sees one."""
+    checked = []
+    chat.route_check = lambda peer, key: checked.append(peer) or True
+    ok(chat, (E1, b"z-route"), "hello", version=P.PROTOCOL_VERSION)
+    assert checked == []
+
+
+# --- the edge's own decisions ----------------------------------------------------------------
+
+
+def frame(cmd: str, rid: int = 1, **fields: object) -> bytes:
+    return pack(request(rid, cmd, **fields))
+
+
+def test_pings_are_answered_at_the_edge_only_while_the_core_is_heard():
+    clients = Clients()
+    answer = clients.request(b"c", frame("ping", 0), now=0.0, core_alive=True)
+    assert isinstance(answer, Answer) and unpack(answer.frame) == [{"re": 0, "ok": True}]
+    assert clients.request(b"c", frame("ping", 0), now=1.0, core_alive=False) is None
+
+
+def test_what_is_no_request_is_refused_at_the_edge_and_charged():
+    clients = Clients(rate=1.0, burst=2.0)
+    refusals = [clients.request(b"c", b"\xc1 not msgpack", now=0.0, core_alive=True)
+                for _ in range(3)]
+    codes = [unpack(r.frame)[0]["code"] for r in refusals if isinstance(r, Answer)]
+    assert codes == ["malformed", "malformed", "rate_limited"]
+
+
+def test_requests_are_relayed_within_the_rate_and_refused_past_it():
+    clients = Clients(rate=10.0, burst=3.0)
+    verdicts = [clients.request(b"c", frame("say", i, room="r", text="x"), now=0.0,
+                                core_alive=True) for i in range(4)]
+    assert verdicts[:3] == [Relay(hello=False)] * 3
+    assert isinstance(verdicts[3], Answer)
+    assert unpack(verdicts[3].frame)[0]["code"] == "rate_limited"
+    assert clients.request(b"c", frame("say", 9, room="r", text="x"), now=0.1,
+                           core_alive=True) == Relay(hello=False)  # a token came back
+
+
+def test_the_hello_reply_names_the_edges_publisher_and_brings_the_cores_limits():
+    clients = Clients()
+    assert clients.request(b"c", frame("hello", 7, version=P.PROTOCOL_VERSION), now=0.0,
+                           core_alive=True) == Relay(hello=True)
+    from_core = pack([{"re": 7, "ok": True, "pub": "tcp://core:5556",
+                       "limits": {"rate": 0, "burst": 100}}, {"ev": "other"}])
+    told = unpack(clients.reply(b"c", from_core, "tcp://edge:6556"))
+    assert told[0]["pub"] == "tcp://edge:6556" and told[1] == {"ev": "other"}
+    assert (clients.rate, clients.burst) == (0.0, 100.0)
+    # Once: a later frame passes untouched, byte for byte.
+    later = pack([{"re": 8, "ok": True, "pub": "tcp://core:5556"}])
+    assert clients.reply(b"c", later, "tcp://edge:6556") == later
+
+
+def test_silent_clients_are_forgotten_and_named_once():
+    clients = Clients(timeout=4.0)
+    clients.request(b"quiet", frame("ping", 0), now=0.0, core_alive=True)
+    clients.request(b"talker", frame("ping", 0), now=0.0, core_alive=True)
+    clients.request(b"talker", frame("ping", 0), now=3.0, core_alive=True)
+    assert clients.silent(now=5.0) == [b"quiet"]
+    assert clients.silent(now=5.5) == []
+    clients.pardon(10.0)  # the edge itself was away
+    assert clients.silent(now=12.0) == []
+
+
+@pytest.mark.parametrize("cmd", ["hello", "say"])
+def test_a_garbled_request_never_reaches_the_core(cmd):
+    clients = Clients()
+    verdict = clients.request(b"c", frame(cmd)[:-1] + b"\xc1", now=0.0, core_alive=True)
+    assert isinstance(verdict, Answer)

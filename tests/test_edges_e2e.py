@@ -1,0 +1,265 @@
+"""Edges (issue 12): processes that hold clients for a core, tested as real processes.
+
+A core started with ``--edge-bind``, edges (``python -m edge``) on loopback, real clients
+on different edges and on the core itself in the same rooms. The security suite's
+subscription and identity attacks run against an edge too (``@pytest.mark.via_edge`` in
+tests/test_security_e2e.py); here: what is new with edges. The link's own messages are
+played by a bare DEALER holding an edge key (``FakeEdge``), to see exactly what the core
+sends an edge.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from schema import edge as E
+from schema import keys, messages, pack
+from schema import protocol as P
+
+from .harness import (
+    DEFAULT_WAIT,
+    Broker,
+    Client,
+    Edge,
+    admin_json,
+    edge_address,
+    start_broker,
+    start_edge,
+    stored_events,
+)
+from .test_failover_e2e import acknowledged, assert_view_is_the_stored_history
+from .test_security_e2e import FAILED, SUCCEEDED, Peer, handshake_outcome, watched
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def core(tmp_path) -> Iterator[Broker]:
+    b = start_broker(str(tmp_path / "zchat.db"), "--edge-bind", "tcp://127.0.0.1:*")
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def edges(core) -> Iterator[list[Edge]]:
+    started = [start_edge(edge_address(core), core.keys_dir) for _ in range(2)]
+    yield started
+    for edge in started:
+        edge.stop()
+
+
+def heard(client: Client, text: str) -> None:
+    """The client showed this message (already, or within the wait)."""
+    if not any(f'"text": {json.dumps(text)}' in line for line in client.out.seen):
+        client.event("msg", text=text, timeout=10)
+
+
+def test_clients_on_two_edges_and_on_the_core_share_rooms_messages_and_history(
+        core, edges):
+    e1, e2 = edges
+    alice = Client(e1.router, "--name", "alice")
+    bob = Client(e2.router, "--name", "bob")
+    carol = Client(core.router, "--name", "carol")
+    try:
+        for c in (alice, bob, carol):
+            c.event("reply", cmd="login", timeout=10)
+        alice.send("/create den")
+        alice.event("reply", cmd="create")
+        for c in (bob, carol):
+            c.send("/join den")
+            c.event("reply", cmd="join")
+        for who, c in (("alice", alice), ("bob", bob), ("carol", carol)):
+            c.send(f"hello from {who}")
+        for c in (alice, bob, carol):
+            for who in ("alice", "bob", "carol"):
+                heard(c, f"hello from {who}")
+        bob.send("/msg carol psst")  # a DM from an edge to the core's own client...
+        carol.event("dm", text="psst")
+        carol.send("/msg alice back")  # ...and from the core to an edge
+        alice.event("dm", text="back")
+        alice.send("/whisper bob only you")  # a whisper between two edges
+        assert bob.event("whisper", text="only you")["room"] == "den"
+        alice.send("/me waves")
+        for c in (alice, bob, carol):
+            heard(c, "waves")
+        stored = stored_events(core.db, "den")
+        for c in (alice, bob, carol):
+            assert_view_is_the_stored_history(c, "den", stored)
+        stats = admin_json(core.control, "stats")  # one chat, whatever the way in
+        assert stats["ok"] and (stats["clients"], stats["users"]) == (3, 3), stats
+    finally:
+        for c in (alice, bob, carol):
+            c.kill()
+
+
+class FakeEdge:
+    """A bare DEALER with the edge key on the core's edge socket: it speaks the link
+    (schema/edge.py) itself, for clients that exist only in the test."""
+
+    def __init__(self, ctx: zmq.Context, core: Broker):
+        directory = Path(core.keys_dir)
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        keys.curve_client(self.sock, keys.load(directory / "broker.key").public,
+                          keys.load(directory / "edge.key_secret"))
+        self.sock.connect(edge_address(core))
+        self.unread: list[list[bytes]] = []
+        self.send(E.HELLO, pack({"pub": "tcp://127.0.0.1:1"}))
+        first = self.next()
+        assert first[:2] == [E.TOPICS, E.ALL], first  # the topics come before anything
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.send_multipart(list(frames))
+
+    def next(self, timeout: float = DEFAULT_WAIT) -> list[bytes]:
+        if self.unread:
+            return self.unread.pop(0)
+        assert self.sock.poll(timeout * 1000), "the core sent the edge nothing"
+        return self.sock.recv_multipart()
+
+    def ask(self, client: bytes, cmd: str, rid: int, **fields: object) -> dict:
+        """One request of one fake client; its reply (other link messages are kept)."""
+        body = pack({"id": rid, "cmd": cmd, **fields})
+        self.send(E.REQUEST, client, b"", b"127.0.0.1" if cmd == "hello" else b"", body)
+        deadline = time.monotonic() + DEFAULT_WAIT
+        kept = []
+        while time.monotonic() < deadline:
+            message = self.next(deadline - time.monotonic())
+            if message[0] == E.SEND:
+                for k in range(1, len(message), 2):
+                    for reply in messages(message[k + 1]):
+                        if message[k] == client and reply.get("re") == rid:
+                            self.unread = kept + self.unread
+                            return reply
+            kept.append(message)
+        raise AssertionError(f"no reply to {cmd}")
+
+    def quiet(self, quiet: float = 0.3) -> list[list[bytes]]:
+        out, self.unread = self.unread, []
+        while self.sock.poll(quiet * 1000):
+            out.append(self.sock.recv_multipart())
+        return out
+
+
+def test_the_core_sends_a_room_frame_once_per_edge_not_once_per_member(core, zctx):
+    alice = Peer(zctx, core, "alice")  # on the core itself
+    den = alice.ok("create", room="den")["topic"]
+    alice.ok("create", room="elsewhere")
+    edge = FakeEdge(zctx, core)
+    members = [f"c{i}".encode() for i in range(5)]
+    topics = set()
+    for i, client in enumerate(members):
+        assert edge.ask(client, "hello", 1, version=P.PROTOCOL_VERSION)["ok"]
+        assert edge.ask(client, "login", 2, name=f"member{i}")["ok"]
+        joined = edge.ask(client, "join", 3, room="den")
+        assert joined["ok"], joined
+        topics.add(joined["topic"])
+    assert topics == {den}  # (no one left: the topic stayed)
+    edge.quiet()
+    alice.ok("say", room="den", text="to five members on one edge")
+    alice.ok("say", room="elsewhere", text="to nobody on the edge")
+    alice.ok("say", room="den", text="after")  # (a later turn: the first is all in)
+    frames = []
+    while not any(e.get("text") == "after" for m in frames for e in messages(m[2])):
+        frames += [m for m in [edge.next()] if m[0] == E.ROOM]
+    said = [(m[1], e["text"]) for m in frames for e in messages(m[2]) if e["ev"] == "msg"]
+    # One frame for the room to the edge, not one per member; none for the other room.
+    assert said == [(den, "to five members on one edge"), (den, "after")], said
+
+
+def test_only_edge_keys_get_onto_the_cores_edge_socket(core, zctx):
+    directory = Path(core.keys_dir)
+    server = keys.load(directory / "broker.key").public
+    candidates = {"a fresh key": None,
+                  "the operator's key": keys.load(directory / "admin.key_secret"),
+                  "the edge key": keys.load(directory / "edge.key_secret")}
+    outcomes = {}
+    for name, pair in candidates.items():
+        sock = zctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        keys.curve_client(sock, server, pair)
+        with watched(sock) as monitor:
+            sock.connect(edge_address(core))
+            outcomes[name] = handshake_outcome(monitor)
+        sock.close(0)
+    assert outcomes["the edge key"] == SUCCEEDED
+    assert outcomes["a fresh key"] & FAILED and outcomes["the operator's key"] & FAILED
+    # And the edge key is no way onto the chat's or the operator's sockets' privileges:
+    # on the control socket it is refused like any chat key.
+    sock = zctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    keys.curve_client(sock, server, candidates["the edge key"])
+    with watched(sock) as monitor:
+        sock.connect(core.control)
+        assert handshake_outcome(monitor) & FAILED
+    sock.close(0)
+
+
+def test_a_client_that_vanishes_behind_an_edge_is_timed_out_by_the_edge(core, edges):
+    e1, _ = edges
+    alice = Client(e1.router, "--name", "alice")
+    ghost = Client(e1.router, "--name", "ghost")
+    try:
+        alice.send("/create den")
+        alice.event("reply", cmd="create", timeout=10)
+        ghost.send("/join den")
+        ghost.event("reply", cmd="join", timeout=10)
+        alice.event("join", name="ghost")
+        ghost.proc.kill()  # no bye: only its silence tells
+        left = alice.event("leave", name="ghost", timeout=P.PEER_TIMEOUT + 6)
+        assert left["reason"] == "timed out", left
+    finally:
+        alice.kill()
+        ghost.kill()
+
+
+def test_kill_9_of_an_edge_its_clients_move_to_another_and_catch_up_gap_free(
+        core, edges):
+    e1, e2 = edges
+    # Movers start on e1 and know e2; stayers are on e2 and the core.
+    movers = [Client(f"{e1.router},{e2.router}", "--name", f"mover{i}") for i in range(2)]
+    stayers = [Client(e2.router, "--name", "stayer"), Client(core.router, "--name", "local")]
+    everyone = movers + stayers
+    said: dict[Client, list[str]] = {c: [] for c in everyone}
+
+    def say(count: int, start: int) -> None:
+        for n in range(start, start + count):
+            client = everyone[n % len(everyone)]
+            said[client].append(f"line {n}")
+            client.send(f"line {n}")
+
+    try:
+        everyone[0].send("/create den")
+        everyone[0].event("reply", cmd="create", timeout=10)
+        for c in everyone[1:]:
+            c.send("/join den")
+            c.event("reply", cmd="join", timeout=10)
+        say(40, 0)
+        everyone[0].event("reply", cmd="say", timeout=10)  # killed mid-stream
+        e1.proc.kill()
+        say(40, 40)  # typed before the movers notice
+        for mover in movers:
+            mover.event("resumed", timeout=15)
+        for c, lines in said.items():
+            c.event("reply", cmd="say", text=lines[-1], timeout=15)
+        everyone[0].send("last word")
+        for c in everyone:
+            c.event("msg", text="last word", timeout=15)
+        stored = stored_events(core.db, "den")
+        texts = [e.get("text") for e in stored if e["ev"] == "msg"]
+        by_seq = {e["seq"]: e for e in stored}
+        for c in everyone:
+            for text in said[c]:
+                assert texts.count(text) == 1, f"{text!r} stored {texts.count(text)} times"
+            for seq, text in acknowledged(c):
+                assert by_seq.get(seq, {}).get("text") == text, f"ack {seq} {text!r} lost"
+            assert_view_is_the_stored_history(c, "den", stored)
+    finally:
+        for c in everyone:
+            c.kill()
