@@ -373,9 +373,14 @@ class Broker:
                     clients.setdefault(item.peer, []).append(item.body)
             pending = []
             for topic, (room, events) in rooms.items():
+                # A room whose members are all behind edges has no subscriber here (only
+                # members are told its topic): its frames go to the edges alone.
+                via_edges = edges is not None and room is not None and bool(room.edges)
+                here = not via_edges or len(room.members) > sum(room.edges.values())
                 for frame in _frames(events):
-                    self.chat.counters.frames_out += self.pub.publish(topic, frame)
-                    if edges and room is not None and room.edges:
+                    if here:
+                        self.chat.counters.frames_out += self.pub.publish(topic, frame)
+                    if via_edges:
                         self.chat.counters.frames_out += edges.room(room.edges, topic, frame)
             by_edge: dict[bytes, list[bytes]] = {}
             for peer, messages in clients.items():
