@@ -149,6 +149,7 @@ class Room:
     stored: int | None = None  # characters of history on disk, once learnt
     access: R.Access = field(default_factory=R.Access)  # settings, roles, invites, bans
     edges: dict[bytes, int] = field(default_factory=dict)  # edge -> its members here
+    invited: set[Session] = field(default_factory=set)  # sessions holding an invite here
 
 
 @dataclass
@@ -631,6 +632,7 @@ class Chat:
             if self.rooms.get(fold(room.name)) is room:
                 self._store_role(room, fold(name), name, role)
         for room in session.invites:
+            room.invited.discard(session)
             if self.rooms.get(fold(room.name)) is room:
                 self._store_invite(room, fold(name), name, "")
         session.held.clear()
@@ -839,12 +841,19 @@ class Chat:
             # An invite is the nickname's if it is registered, else its session's.
             raise ProtocolError("no_such_user", f"No such user: {name}")
         shown = invitee.name if invitee is not None and invitee.name else name
+        already = fold(name) in target.access.invites or (
+            invitee is not None and invitee in target.invited)
+        if not already and \
+                len(target.access.invites) + len(target.invited) >= P.INVITES_MAX:
+            raise ProtocolError("too_many_invites", f"{target.name} holds {P.INVITES_MAX} "
+                                                    "invites already: withdraw some first")
         if registered:
             self._writing()
             self._store_invite(target, fold(name), shown, session.name or "")
         else:
             assert invitee is not None
             invitee.invites.add(target)
+            target.invited.add(invitee)
         if invitee is not None:
             self._send(invitee, {"ev": "invited", "room": target.name, "by": session.name})
         return {"room": target.name, "name": shown}
@@ -992,6 +1001,7 @@ class Chat:
         access.invites.pop(fold(name), None)
         if holder is not None:
             holder.invites.discard(target)
+            target.invited.discard(holder)
         why = f"banned by {by}" + (f": {reason}" if reason else "")
         # Out go the nickname and every session of a banned key, as a leave would.
         for member in list(target.members.values()):
@@ -1005,7 +1015,7 @@ class Chat:
         """Who may come in by invitation: registered nicknames (kept), and sessions of
         unregistered ones online now (theirs until they go)."""
         kept = set(target.access.invites.values())
-        held = {s.name for s in self.users.values() if target in s.invites and s.name}
+        held = {s.name for s in target.invited if s.name}
         return {"room": target.name, "invites": sorted(kept | held, key=fold)}
 
     def _withdraw(self, target: Room, name: str) -> dict[str, Any]:
@@ -1019,6 +1029,7 @@ class Chat:
             self.store.revoke(target.name, "invite", fold(name))
         if holder is not None:
             holder.invites.discard(target)
+            target.invited.discard(holder)
         return {"room": target.name, "name": holder.name if holder and holder.name else name}
 
     def _may_enter(self, session: Session, room: Room, name: str, key: str | None) -> None:
@@ -1059,6 +1070,7 @@ class Chat:
 
     def _withdraw_invite(self, room: Room, member: Session) -> None:
         member.invites.discard(room)
+        room.invited.discard(member)
         if member.name is not None and room.access.invites.pop(fold(member.name), None):
             self.store.revoke(room.name, "invite", fold(member.name))
 
@@ -1319,6 +1331,8 @@ class Chat:
 
     def _end_session(self, session: Session, reason: str) -> None:
         self._leave_all(session, reason)
+        for room in session.invites:  # a held invite is its session's: it goes with it
+            room.invited.discard(session)
         if session.name is not None:
             del self.users[fold(session.name)]
             self._user_names.remove(session.name)

@@ -90,6 +90,7 @@ SUBJECT_MAX = 300  # characters of a room's topic as people read it (wire: "subj
 ROOM_KEY_MAX = 64  # characters of a room key, needed to join a keyed room
 BAN_DURATION_MAX = 10 * 365 * 24 * 3600  # seconds a ban may last; none given: for good
 BANS_MAX = 500  # bans one room may hold (bans lists them in one reply)
+INVITES_MAX = 500  # invites one room may hold, kept and held (invites lists them at once)
 ROLES = ("owner", "moderator", "member")  # a member has no role: "member" takes it away
 HISTORY_VISIBILITY = ("shared", "joined")  # joiners see earlier history, or from their join
 SUBJECT_SETTERS = ("moderators", "anyone")  # who may set the room's subject
@@ -142,6 +143,7 @@ ERRORS: dict[str, str] = {
     "not_banned": "Nobody by that name is banned",
     "not_invited": "Nobody by that name is invited",
     "too_many_bans": "Too many bans",
+    "too_many_invites": "Too many invites",
 }
 
 

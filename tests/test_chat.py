@@ -1368,3 +1368,27 @@ def test_joining_and_leaving_a_crowded_room_in_a_loop_is_charged_per_member_told
         ok(small, peer, "join", room="hall")
     clock.now += 100  # alice's own join spent a little of the burst: it comes back
     ok(small, A, "leave", room="hall")  # 30 to tell, past the burst: never too_large
+
+
+def test_a_room_holds_a_bounded_number_of_invites_and_lists_them_without_a_scan(
+        chat, monkeypatch):
+    """Invites are listed in one reply, so a room holds at most INVITES_MAX of them, kept
+    and held together; the held ones are found from the room, not by a walk over every
+    user online."""
+    monkeypatch.setattr(P, "INVITES_MAX", 3)
+    connect(chat, A, "alice")
+    ok(chat, A, "create", room="den")
+    ok(chat, A, "mode", room="den", invite=True)
+    guests = [(b"g%d" % i, f"guest{i}") for i in range(4)]
+    for peer, name in guests:
+        connect(chat, peer, name)
+    for _, name in guests[:3]:
+        ok(chat, A, "invite", room="den", name=name)
+    ok(chat, A, "invite", room="den", name="guest0")  # again: not a new one
+    assert refused(chat, A, "invite", room="den", name="guest3")["code"] == "too_many_invites"
+    assert ok(chat, A, "invites", room="den")["invites"] == ["guest0", "guest1", "guest2"]
+    chat.gone(b"g1")  # a held invite goes with its session, and makes room for another
+    ok(chat, A, "invite", room="den", name="guest3")
+    assert ok(chat, A, "invites", room="den")["invites"] == ["guest0", "guest2", "guest3"]
+    assert chat.rooms["den"].invited == {chat.sessions[b"g0"], chat.sessions[b"g2"],
+                                         chat.sessions[b"g3"]}

@@ -503,3 +503,4 @@ def test_refused_room_requests_change_nothing(people, chat):
     ]:
         assert people[person].code(cmd, **fields) == code, (cmd, fields)
     assert snapshot(chat) == before and repr(chat.rooms["lounge"].access) == access
+
