@@ -10,14 +10,13 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import zmq
 
 from client.commands import parse_duration
 from client.connection import parse_address
-from schema import keys, pack, request, unpack
+from schema import cli_keys, keys, pack, request, unpack
 
 EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
 
@@ -37,15 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=2.0,
                    help="seconds to wait for the broker (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the raw reply as JSON")
-    p.add_argument("--keys", metavar="DIR",
-                   help="key directory (default $ZCHAT_KEYS, else data/keys): broker.key "
-                        "and our admin.key_secret are read from it")
-    p.add_argument("--identity", metavar="FILE",
-                   help="operator key pair to use instead of DIR/admin.key_secret")
-    p.add_argument("--server-key", metavar="KEY|FILE",
-                   help="the broker's public key instead of DIR/broker.key")
-    p.add_argument("--insecure", action="store_true",
-                   help="plaintext, for a broker started with --insecure")
+    cli_keys.add_key_options(p, reads="broker.key and our admin.key_secret", own_key=(
+        "--identity", "operator key pair to use instead of DIR/admin.key_secret"))
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     sub.add_parser("ls", help="rooms with member counts and members")
     sub.add_parser("users", help="users online and their rooms")
@@ -133,16 +125,13 @@ def ask(control: str, message: dict[str, Any], timeout: float,
 
 
 def _credentials(args: argparse.Namespace) -> tuple[bytes, keys.KeyPair] | None:
-    if args.insecure:
-        return None
-    directory = keys.key_dir(args.keys)
-    ours = keys.load(Path(args.identity) if args.identity
-                     else directory / "admin.key_secret")
-    return keys.broker_key(args.server_key, directory), ours
+    ours = cli_keys.key_pair_from(args, args.identity, "admin.key_secret")
+    server_key = cli_keys.server_key_from(args)
+    return None if server_key is None or ours is None else (server_key, ours)
 
 
 def keygen(args: argparse.Namespace) -> int:
-    directory = keys.key_dir(args.keys)
+    directory = cli_keys.key_dir_from(args)
     for name in keys.ensure(directory):
         print(f"Created {directory / (name + '.key_secret')}")
     if args.client:

@@ -14,9 +14,8 @@ import json
 import shutil
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-from schema import keys
+from schema import cli_keys, keys
 
 from . import terminal
 from .connection import Connection, Event, Refused, Unreachable, parse_servers
@@ -36,17 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="print every event as one JSON object per line")
     p.add_argument("--tui", action="store_true",
                    help="full-screen mode: rooms, messages and members side by side")
-    p.add_argument("--server-key", metavar="KEY|FILE",
-                   help="the broker's public key (z85, or its broker.key file); by default "
-                        "read from the key directory, as on the broker's own machine")
-    p.add_argument("--keys", metavar="DIR",
-                   help="key directory to find broker.key in (default $ZCHAT_KEYS, "
-                        "else data/keys)")
-    p.add_argument("--identity", metavar="FILE",
-                   help="our key pair (a .key_secret file, see 'python -m admin keygen "
-                        "--client NAME'): keeps a nickname registered to this key")
-    p.add_argument("--insecure", action="store_true",
-                   help="talk plaintext to a broker started with --insecure")
+    cli_keys.add_key_options(p, own_key=(
+        "--identity", "our key pair (a .key_secret file, see 'python -m admin keygen "
+                      "--client NAME'): keeps a nickname registered to this key"))
     p.add_argument("--timeout", type=float, default=2.0,
                    help="seconds to wait for the broker at start (default %(default)s)")
     return p.parse_args(argv)
@@ -74,10 +65,8 @@ def _notice(text: str) -> None:
 
 def _credentials(args: argparse.Namespace) -> tuple[bytes | None, keys.KeyPair | None]:
     """The broker key to pin and our own key pair, from the flags and key directory."""
-    if args.insecure:
-        return None, None
-    identity = keys.load(Path(args.identity)) if args.identity else None
-    return keys.broker_key(args.server_key, keys.key_dir(args.keys)), identity
+    identity = cli_keys.key_pair_from(args, args.identity)  # None with --insecure
+    return cli_keys.server_key_from(args), identity
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,12 +16,11 @@ import argparse
 import logging
 import signal
 import sys
-from pathlib import Path
 
 import zmq
 
 from client.connection import parse_servers
-from schema import keys
+from schema import cli_keys, keys
 
 from .server import Edge
 
@@ -38,13 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ROUTER address clients connect to (default %(default)s)")
     p.add_argument("--pub-bind", default="tcp://127.0.0.1:6556",
                    help="publisher address for room events (default %(default)s)")
-    p.add_argument("--keys", metavar="DIR",
-                   help="key directory with broker.key_secret and edge.key_secret "
-                        "(default $ZCHAT_KEYS, else data/keys)")
-    p.add_argument("--edge-key", metavar="FILE",
-                   help="this edge's own key pair (default edge.key_secret in --keys)")
-    p.add_argument("--insecure", action="store_true",
-                   help="plaintext, to a core started with --insecure")
+    cli_keys.add_key_options(p, reads="broker.key_secret and edge.key_secret", peer="core",
+                             server_key=False, own_key=(
+        "--edge-key", "this edge's own key pair (default edge.key_secret in --keys)"))
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
     return p.parse_args(argv)
 
@@ -55,11 +50,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     secret = own = core_key = None
     if not args.insecure:
-        directory = keys.key_dir(args.keys)
         try:
-            chat = keys.load(directory / "broker.key_secret")
-            own = keys.load(Path(args.edge_key) if args.edge_key
-                            else directory / "edge.key_secret")
+            chat = keys.load(cli_keys.key_dir_from(args) / "broker.key_secret")
+            own = cli_keys.key_pair_from(args, args.edge_key, "edge.key_secret")
         except OSError as exc:
             print(f"edge: cannot read a key: {exc} (copy the core's key directory, or "
                   "give --keys)", file=sys.stderr)

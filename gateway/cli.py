@@ -17,7 +17,7 @@ import signal
 import sys
 
 from client.connection import Connection, Refused, Unreachable, parse_servers
-from schema import keys
+from schema import cli_keys
 
 from .server import DESCRIPTORS_PER_CLIENT, SENDQ, Gateway, is_loopback, tls_context
 
@@ -39,14 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
     p.add_argument("--allow-plaintext", action="store_true",
                    help="listen beyond loopback without TLS (passwords in the clear)")
-    p.add_argument("--server-key", metavar="KEY|FILE",
-                   help="the broker's public key (z85, or its broker.key file); by default "
-                        "read from the key directory")
-    p.add_argument("--keys", metavar="DIR",
-                   help="key directory to find broker.key in (default $ZCHAT_KEYS, "
-                        "else data/keys)")
-    p.add_argument("--insecure", action="store_true",
-                   help="talk plaintext to a broker started with --insecure")
+    cli_keys.add_key_options(p)
     p.add_argument("--max-clients", type=int, default=256,
                    help="IRC connections at once (default %(default)s)")
     p.add_argument("--sendq", type=int, default=SENDQ,
@@ -103,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
-        server_key = None if args.insecure else keys.broker_key(args.server_key,
-                                                                keys.key_dir(args.keys))
+        server_key = cli_keys.server_key_from(args)
     except (OSError, ValueError) as exc:
         print(f"Error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
