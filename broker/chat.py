@@ -216,6 +216,9 @@ class Chat:
         # (key, client id) -> its session: a client that comes back through another edge
         # before the first one is known to be lost takes its session's place.
         self._by_client: dict[tuple[str, str], Session] = {}
+        # Sessions behind edges ended since the loop last looked: it tells their edges,
+        # which answer those clients' pings themselves.
+        self.ended_behind_edges: list[tuple[bytes, bytes]] = []
         self._user_names = Names()  # the users' names, sorted for paging
         self._room_names = Names()  # the rooms' names, likewise
         # Rooms nobody is in, oldest emptied first: removed once empty for room_lifetime.
@@ -1337,6 +1340,8 @@ class Chat:
             del self.users[fold(session.name)]
             self._user_names.remove(session.name)
         del self.sessions[session.peer]
+        if isinstance(session.peer, tuple):
+            self.ended_behind_edges.append(session.peer)
         if session.client_id and \
                 self._by_client.get((session.identity or "", session.client_id)) is session:
             del self._by_client[(session.identity or "", session.client_id)]

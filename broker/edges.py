@@ -10,6 +10,10 @@ publisher grants from the chat's.
 
 An edge silent for ``TIMEOUT`` (it answers its clients' pings itself, so the chat cannot
 time them out) is lost: the sessions it held end, and its clients resume on another.
+
+Nothing goes to an edge before the turn's commit, not even the answer to its hello: a
+core that lost the store's lock (frozen, then thawed) must tell no edge that it is alive,
+nor which topics are live (fencing, as for clients: broker/postgres.py).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class Edges:
         self.sock, self.chat, self.secure, self.clock = sock, chat, secure, clock
         self.heard: dict[bytes, float] = {}  # edge -> when it was last heard
         self.frames_in = 0
+        self._new: list[bytes] = []  # edges first heard this turn: told every live topic
+        self._hellos: list[bytes] = []  # edges whose hello this turn answers
 
     def __bool__(self) -> bool:
         return bool(self.heard)
@@ -56,8 +62,7 @@ class Edges:
             edge, kind, rest = frames[0], frames[1] if len(frames) > 1 else b"", frames[2:]
             if edge not in self.heard:
                 log.info("Edge %s connected (%d edges)", edge.hex(), len(self.heard) + 1)
-                self._send(edge, [E.TOPICS, E.ALL, *_flat((t, E.LIVE)
-                                                         for t in self.chat.topics)])
+                self._new.append(edge)
             self.heard[edge] = self.clock()
             if kind == E.REQUEST and len(rest) % 4 == 0:
                 out += self._requests(edge, rest)
@@ -65,7 +70,7 @@ class Edges:
                 for k in range(0, len(rest), 2):
                     out += self.chat.gone((edge, rest[k]), rest[k + 1].decode(errors="replace"))
             elif kind == E.HELLO:
-                self._send(edge, [E.ALIVE, self.chat.incarnation.encode()])
+                self._hellos.append(edge)
             else:
                 log.warning("Edge %s: dropped a link message of kind %r", edge.hex(), kind)
         return out
@@ -106,13 +111,37 @@ class Edges:
 
     # -- out ------------------------------------------------------------------------------
 
-    def topics(self, changes: Iterable[tuple[bytes, bool]]) -> None:
-        """Tell every edge the topics made live or dead this turn (before its frames)."""
+    def before_frames(self, changes: Iterable[tuple[bytes, bool]],
+                      ended: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+        """Once the turn is committed, before its frames: every live topic to the edges
+        new this turn, the topics made live or dead to the others, the sessions ended,
+        and the answers to the hellos. Returns the edges that could not take it: they
+        grant from a set that is not the chat's any more, and must be lost."""
+        failed: list[bytes] = []
+        new, self._new = [e for e in self._new if e in self.heard], []
+        if new:
+            snapshot = [E.TOPICS, E.ALL, *_flat((t, E.LIVE) for t in self.chat.topics)]
+            for edge in new:
+                if not self._send(edge, snapshot):
+                    failed.append(edge)
         message = [E.TOPICS, b"", *_flat((t, E.LIVE if live else E.DEAD)
                                          for t, live in changes)]
         if len(message) > 2:
-            for edge in list(self.heard):
-                self._send(edge, message)
+            for edge in [e for e in self.heard if e not in new]:
+                if not self._send(edge, message):
+                    failed.append(edge)
+        by_edge: dict[bytes, list[bytes]] = {}
+        for edge, client in ended:
+            by_edge.setdefault(edge, []).append(client)
+        for edge, clients in by_edge.items():
+            if edge in self.heard and not self._send(edge, [E.ENDED, *clients]):
+                failed.append(edge)
+        hellos, self._hellos = self._hellos, []
+        alive = [E.ALIVE, self.chat.incarnation.encode()]
+        for edge in hellos:
+            if edge in self.heard:
+                self._send(edge, alive)
+        return failed
 
     def room(self, edges: Iterable[bytes], topic: bytes, frame: bytes) -> int:
         """A room frame to each of these edges; how many took it."""

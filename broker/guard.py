@@ -170,6 +170,8 @@ def trim() -> None:
 def _tcp_info(fd: int) -> bytes | None:
     # An explicit family skips Python's detection (three syscalls); the kernel ignores it.
     # detach(): the descriptor stays libzmq's.
+    if fd < 0:  # no connection known for sure (socket() would raise ValueError)
+        return None
     try:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
     except OSError:  # not a socket (any more)

@@ -360,10 +360,15 @@ class Broker:
         in the order they were made. Sends never block."""
         pending = list(deliveries)
         edges = self.edges
-        while pending:
+        while True:
             if edges is not None:  # what they grant changes before any frame names it
-                edges.topics(self.chat.topic_changes)
+                for edge in edges.before_frames(self.chat.topic_changes,
+                                                self.chat.ended_behind_edges):
+                    pending += self._commit(edges.lose(edge, "its edge is not reading"), [])
             self.chat.topic_changes.clear()
+            self.chat.ended_behind_edges.clear()
+            if not pending:
+                return
             rooms: dict[bytes, tuple[Room | None, list[dict]]] = {}
             clients: dict[Peer, list[dict]] = {}
             for item in pending:

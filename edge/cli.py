@@ -61,16 +61,20 @@ def main(argv: list[str] | None = None) -> int:
         log.info("Encrypted (CURVE). Clients pin %s; this edge's key: %s",
                  chat.public.decode(), own.public.decode())
     ctx = zmq.Context()
+    edge = Edge(ctx, core=parse_servers(args.core), bind=args.bind,
+                pub_bind=args.pub_bind, secret_key=secret, own_key=own,
+                core_key=core_key)
+    signal.signal(signal.SIGTERM, edge.stop)
+    signal.signal(signal.SIGINT, edge.stop)
+    if not edge.wait_for_core():
+        ctx.destroy(linger=0)
+        return 0
     try:
-        edge = Edge(ctx, core=parse_servers(args.core), bind=args.bind,
-                    pub_bind=args.pub_bind, secret_key=secret, own_key=own,
-                    core_key=core_key)
+        edge.open()
     except zmq.ZMQError as exc:
         print(f"edge: cannot bind: {exc}", file=sys.stderr)
         ctx.destroy(linger=0)
         return 1
-    signal.signal(signal.SIGTERM, edge.stop)
-    signal.signal(signal.SIGINT, edge.stop)
     edge.serve()
     ctx.term()
     return 0

@@ -4,14 +4,24 @@ For each request a client sends, ``Clients.request`` says what to do: answer it 
 (pings, frames that are no request, too fast) or relay it to the core. Pings are answered
 only while the core is heard: an edge cut off from its core goes quiet, so that its
 clients declare it lost and move to another (client/connection.py).
+
+A ping is answered as the core would answer it: ``ok`` only for a client whose session
+the core opened (its hello answered ok) and has not ended since as far as the edge can
+tell (a ``bye``, a ``no_session`` the core sent it, the core losing this edge or a new
+core: ``sessions_ended``); ``no_session`` for the others, so that a client whose session
+is gone notices at its next ping and resumes (PROTOCOL.md §5), behind an edge as on a
+core. A ping sent while the client's hello is on its way goes to the core, behind it.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from schema import ProtocolError, decode, error, ok, pack, unpack
 from schema import protocol as P
+
+HELLOS_IN_FLIGHT = 16  # hellos of one client on their way to the core that are followed
 
 
 @dataclass(slots=True)
@@ -19,7 +29,11 @@ class Client:
     last_seen: float
     tokens: float
     refilled: float
-    hello: int | None = None  # the id of its hello on its way to the core, if any
+    # ids of its hellos on their way to the core (the newest HELLOS_IN_FLIGHT), and when
+    # the last went: their replies name this edge's publisher, and pings wait behind them
+    hellos: deque[int] = field(default_factory=lambda: deque(maxlen=HELLOS_IN_FLIGHT))
+    hello_sent: float = 0.0
+    session: bool = False  # the core opened a session for it, as far as the edge knows
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +70,60 @@ class Clients:
         except ProtocolError as err:
             return Answer(self._refused(state, err.rid, err, now))
         if request.cmd == "ping":
-            return Answer(pack([ok(request.id)])) if core_alive else None
+            if not core_alive:
+                return None
+            if state.hellos and now - state.hello_sent < self.timeout:
+                return Relay(hello=False)  # answered by the core, after the hello
+            if state.session:
+                return Answer(pack([ok(request.id)]))
+            return Answer(pack([error(request.id, ProtocolError("no_session"))]))
         if not self._take(state, now):
             return Answer(pack([error(request.id, _too_fast(self.rate))]))
         if request.cmd == "hello":
-            state.hello = request.id
+            state.hellos.append(request.id)
+            state.hello_sent = now
             return Relay(hello=True)
+        if request.cmd == "bye":
+            state.session = False  # (the core ends it; if it refuses, pings tell it so)
         return Relay(hello=False)
+
+    def refuse(self, client: bytes, err: ProtocolError, now: float) -> Answer:
+        """A message that is no request at all (several frames), refused and charged."""
+        state = self.known.get(client)
+        if state is None:
+            state = self.known[client] = Client(now, self.burst, now)
+        state.last_seen = now
+        return Answer(self._refused(state, None, err, now))
+
+    def hello_refused(self, client: bytes, rid: int) -> None:
+        """Its hello was answered here (``bad_route``): not on its way to the core."""
+        state = self.known.get(client)
+        if state is not None and rid in state.hellos:
+            state.hellos.remove(rid)
+
+    def unrelayed(self, client: bytes) -> bool:
+        """A request of this client could not be relayed (no core heard, or the link is
+        full): whatever session it had is to end (True if it had one, or was opening
+        one), so that its next ping gets ``no_session`` and it resumes, sending again
+        what it has not had answered."""
+        state = self.known.get(client)
+        if state is None or not (state.session or state.hellos):
+            return False
+        state.session = False
+        state.hellos.clear()
+        return True
+
+    def session_ended(self, client: bytes) -> None:
+        """The core ended this client's session (ENDED): its pings say so from now on."""
+        state = self.known.get(client)
+        if state is not None:
+            state.session = False
+
+    def sessions_ended(self) -> None:
+        """The core holds no session of this edge's clients (it lost this edge, or it is
+        a new core): none is open, and no hello on its way will be answered."""
+        for state in self.known.values():
+            state.session = False
 
     def _refused(self, state: Client, rid: int | None, err: ProtocolError, now: float
                  ) -> bytes:
@@ -83,19 +144,26 @@ class Clients:
 
     def reply(self, client: bytes, frame: bytes, pub: str) -> bytes:
         """A frame from the core for a client: the answer to its hello names this edge's
-        publisher, not the core's (which the client cannot, and must not, reach)."""
+        publisher, not the core's (which the client cannot, and must not, reach), and
+        opens its session; a ``no_session`` says it has none (any more)."""
         state = self.known.get(client)
-        if state is None or state.hello is None:
+        if state is None or not (state.hellos or b"no_session" in frame):
             return frame
         messages = unpack(frame)
+        changed = False
         for message in messages:
-            if isinstance(message, dict) and message.get("re") == state.hello:
-                state.hello = None
+            if not isinstance(message, dict):
+                continue
+            rid = message.get("re")
+            if rid is not None and rid in state.hellos:
+                state.hellos.remove(rid)
                 if message.get("ok"):
                     message["pub"] = pub
+                    changed = state.session = True
                     self._follow(message.get("limits"))
-                return pack(messages)
-        return frame
+            elif message.get("code") == "no_session":
+                state.session = False
+        return pack(messages) if changed else frame
 
     def _follow(self, limits: object) -> None:
         """The core's limits, as it tells every client: the edge's are the same."""

@@ -14,6 +14,14 @@ Each turn: read the clients' requests (answering pings, malformed frames and flo
 ``clients.py``), hand the rest to the core in one link message, then pass on what the
 core sent: frames to clients, room frames to the publisher. Sends never block: a client
 that cannot take a frame is cut and the core told it is gone.
+
+What waits on the link for the core is bounded in bytes (``LINK_BYTES``): the core shows
+what it has read by answering each HELLO, which goes behind the requests relayed before
+it. A core that stops reading (stopped, or far behind) fills that, and then, as when no
+core is connected at all, requests are not relayed: the session of their client is
+ended (the core told, the client answered ``no_session`` at its next ping), so that it
+resumes and sends again what went unanswered, rather than waits for an answer that never
+comes. Pings are still answered here while the core is heard.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import errno
 import logging
 import math
 import time
+from collections import deque
 
 import zmq
 
@@ -71,30 +80,44 @@ class Edge:
         publisher_conns = Connections(limit=limit)
         publisher_conns.watch(publisher, "publisher")
         self._fd_of: dict[bytes, tuple[int, object]] = {}
-        self._queued = Queued(self.conns.acked)
-        self.core = ctx.socket(zmq.DEALER)
-        self.core.setsockopt(zmq.LINGER, 0)
-        self.core.setsockopt(zmq.IMMEDIATE, 1)
-        self.core.setsockopt(zmq.SNDHWM, E.LINK_QUEUE)
-        self.core.setsockopt(zmq.RCVHWM, E.LINK_QUEUE)
-        self.core.setsockopt(zmq.RECONNECT_IVL, 100)
-        self.core.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        if core_key is not None:
-            keys.curve_client(self.core, core_key, own_key)
-        self.router.bind(bind)
-        publisher.bind(pub_bind)
-        for address in core:
-            self.core.connect(address)
-        self.endpoints = {"router": self.router.getsockopt_string(zmq.LAST_ENDPOINT),
-                          "pub": publisher.getsockopt_string(zmq.LAST_ENDPOINT),
-                          "core": ",".join(core)}
+        # (-1, a connection not known for sure, is no descriptor to ask: guard.acked would
+        # raise for it, and a client that came back on a new connection under the same
+        # routing id, its reply still on its way from the core, would crash the edge.)
+        self._queued = Queued(lambda fd: self.conns.acked(fd) if fd >= 0 else None)
+        # One DEALER per core address. Only the active core binds, but a frozen one keeps
+        # its connection open: one DEALER for all would share requests between them.
+        # Requests go to the core that greeted this edge last (TOPICS all: a core that
+        # did not know it), hellos to every one, to be greeted by a new one at once.
+        self.cores: list[zmq.Socket] = []
+        for _ in core:
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.SNDHWM, E.LINK_QUEUE)
+            sock.setsockopt(zmq.RCVHWM, E.LINK_QUEUE)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            if core_key is not None:
+                keys.curve_client(sock, core_key, own_key)
+            self.cores.append(sock)
+        self.core = self.cores[0]  # the one in use
+        for address, sock in zip(core, self.cores, strict=True):
+            sock.connect(address)
+        self._binds = (bind, pub_bind)
+        self._publisher = publisher
+        self.endpoints = {"router": "", "pub": "", "core": ",".join(core)}
         self.live: set[bytes] = set()  # room topics the core says are live
         self.pub = Publisher(ctx, publisher, publisher_conns, self.live.__contains__)
         self.core_heard = -math.inf
         self.incarnation = ""
         self.stopping = False
         self._batch: list[bytes] = []  # this turn's requests for the core
+        self._batch_bytes = 0
         self._gone: list[bytes] = []  # and the clients lost
+        # Bytes relayed to the core so far; at each HELLO sent, that count; and what the
+        # core is known to have read: the count at the last HELLO it answered (ALIVE).
+        self._relayed = self._read = self._marked = 0
+        self._marks: deque[int] = deque(maxlen=256)
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -102,11 +125,39 @@ class Edge:
     def core_alive(self, now: float) -> bool:
         return now - self.core_heard < E.TIMEOUT
 
+    def relaying(self) -> bool:
+        """Requests go to the core while it has read all but LINK_BYTES of the link."""
+        return self._relayed + self._batch_bytes - self._read < E.LINK_BYTES
+
     # -- the loop -------------------------------------------------------------------------
+
+    def wait_for_core(self) -> bool:
+        """Until a core greets this edge (False if stopped first). Clients cannot connect
+        before: an edge that cannot relay a hello is no edge to them (they try the next
+        address), rather than one that answers nothing."""
+        log.info("Waiting for a core at %s", self.endpoints["core"])
+        poller = zmq.Poller()
+        for sock in self.cores:
+            poller.register(sock, zmq.POLLIN)
+        hello = [E.HELLO, pack({"pub": ""})]
+        while not self.stopping and self.core_heard == -math.inf:
+            for sock in self.cores:
+                _send(sock, hello)
+            for sock in dict(poller.poll(100)):
+                self._drain_core(sock, time.monotonic())
+        return not self.stopping
+
+    def open(self) -> None:
+        """Bind the clients' sockets (ZMQError if an address is taken)."""
+        bind, pub_bind = self._binds
+        self.router.bind(bind)
+        self._publisher.bind(pub_bind)
+        self.endpoints["router"] = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoints["pub"] = self._publisher.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def serve(self) -> None:
         poller = zmq.Poller()
-        for sock in (self.zap, self.router, self.core, *self.conns.monitors):
+        for sock in (self.zap, self.router, *self.cores, *self.conns.monitors):
             poller.register(sock, zmq.POLLIN)
         self.pub.start()
         log.info("zchat edge ready: router=%s pub=%s core=%s", self.endpoints["router"],
@@ -131,8 +182,9 @@ class Edge:
                 self._answer_zap()
             if self.router in ready:
                 self._drain_clients(now)
-            if self.core in ready:
-                self._drain_core(now)
+            for sock in self.cores:
+                if sock in ready:
+                    self._drain_core(sock, now)
             if now >= next_expiry:
                 for client in self.clients.silent(now):
                     self._lost(client, "timed out")
@@ -140,10 +192,20 @@ class Edge:
                     log.critical("The publisher thread is gone: stopping")
                     self.stopping = True
                 next_expiry = now + EXPIRY_CHECK
-            if now >= next_hello:
-                self._to_core([E.HELLO, pack({"pub": self.endpoints["pub"]})])
-                next_hello = now + E.HEARTBEAT
             self._flush()
+            # A HELLO each heartbeat, and after each eighth of LINK_BYTES relayed: its
+            # answer tells how much of what waits on the link the core has read.
+            if now >= next_hello or self._relayed - self._marked > E.LINK_BYTES // 8:
+                hello = [E.HELLO, pack({"pub": self.endpoints["pub"]})]
+                for sock in self.cores:  # a core in waiting greets us once it serves
+                    if sock is not self.core:
+                        _send(sock, hello)
+                if self._to_core(hello):
+                    self._marks.append(self._relayed)
+                    self._marked = self._relayed
+                    next_hello = now + E.HEARTBEAT
+                else:  # no core connected yet: as soon as one is
+                    next_hello = now + 0.1
             mark = now = time.monotonic()
         self._farewell()
 
@@ -177,7 +239,8 @@ class Edge:
                     frames += 1
                 if frames > MANY_FRAMES:
                     self.conns.cut(fd, f"a request of {frames} frames")
-                self._answer(client, self.clients.request(client, b"\xc0", now, alive))
+                self._answer(client, self.clients.refuse(client, ProtocolError(
+                    "malformed", "A request is exactly one frame"), now))
                 continue
             frame = body.bytes
             verdict = self.clients.request(client, frame, now, alive)
@@ -188,11 +251,16 @@ class Edge:
             address = ""
             if verdict.hello:
                 if self.route_check is not None and not self.route_check(client, identity):
-                    self.clients.known[client].hello = None
-                    self._answer(client, Answer(_bad_route(frame)))
+                    rid = decode(frame).id  # (it decoded: it was relayed)
+                    self.clients.hello_refused(client, rid)
+                    self._answer(client, Answer(_bad_route(rid)))
                     continue
                 address = body.get("Peer-Address") or ""
+            if not self.relaying():  # the core is not reading: it ends here
+                self._unrelayed(client)
+                continue
             self._batch += (client, identity.encode(), address.encode(), frame)
+            self._batch_bytes += len(frame) + len(client) + 64
             if len(self._batch) >= 4 * E.REQUESTS_PER_MESSAGE:
                 self._flush()
 
@@ -223,15 +291,26 @@ class Edge:
         self._fd_of.pop(client, None)
         self._gone += (client, reason.encode())
 
+    def _unrelayed(self, client: bytes) -> None:
+        """A request of this client cannot go to the core: its session ends (see above)."""
+        if self.clients.unrelayed(client):
+            self._gone += (client, UNRELAYED)
+
     # -- the core -------------------------------------------------------------------------
 
-    def _drain_core(self, now: float) -> None:
+    def _drain_core(self, sock: zmq.Socket, now: float) -> None:
         for _ in range(CORE_BATCH):
             try:
-                message = self.core.recv_multipart(_NOW)
+                message = sock.recv_multipart(_NOW)
             except zmq.Again:
                 return
             kind, rest = message[0], message[1:]
+            if sock is not self.core:
+                if kind != E.TOPICS or not rest or rest[0] != E.ALL:
+                    continue  # (a core this edge left: nothing it says counts)
+                log.info("Core at %s greets this edge: it serves now",
+                         sock.getsockopt_string(zmq.LAST_ENDPOINT))
+                self.core = sock
             self.core_heard = now
             if kind == E.SEND:
                 reply, pub = self.clients.reply, self.endpoints["pub"]
@@ -242,31 +321,45 @@ class Edge:
             elif kind == E.ROOM and len(rest) == 2:
                 self.pub.publish(rest[0], rest[1])
             elif kind == E.TOPICS and rest:
+                pairs = [(rest[k], rest[k + 1] == E.LIVE) for k in range(1, len(rest) - 1, 2)]
                 if rest[0] == E.ALL:
-                    self.live.clear()
-                for k in range(1, len(rest) - 1, 2):
-                    if rest[k + 1] == E.LIVE:
-                        self.live.add(rest[k])
+                    # The core knew nothing of this edge: a new core, or it lost this
+                    # edge and ended the sessions it held. The set changes in place (the
+                    # publisher thread reads it): no live topic is ever missing from it.
+                    self.live.intersection_update(t for t, live in pairs if live)
+                    self.clients.sessions_ended()
+                    # What went to a core before it knew this edge is not waited for
+                    # (a killed core's is gone): count from here.
+                    self._marks.clear()
+                    self._read = self._relayed
+                for topic, live in pairs:
+                    if live:
+                        self.live.add(topic)
                     else:
-                        self.live.discard(rest[k])
+                        self.live.discard(topic)
+            elif kind == E.ENDED:
+                for client in rest:
+                    self.clients.session_ended(client)
             elif kind == E.ALIVE and rest:
+                if self._marks:  # it read all that went before the HELLO it answers
+                    self._read = self._marks.popleft()
                 incarnation = rest[0].decode(errors="replace")
                 if incarnation != self.incarnation:
                     log.info("Core incarnation %s", incarnation)
                     self.incarnation = incarnation
 
     def _to_core(self, message: list[bytes]) -> bool:
-        try:
-            self.core.send_multipart(message, _NOW)
-            return True
-        except zmq.Again:  # no core connected, or it stopped reading: clients move on
-            return False
+        return _send(self.core, message)
 
     def _flush(self) -> None:
         if self._batch:
-            if not self._to_core([E.REQUEST, *self._batch]):
+            if self._to_core([E.REQUEST, *self._batch]):
+                self._relayed += self._batch_bytes
+            else:  # their clients are told their sessions ended, and send them again
                 log.debug("No core: %d requests dropped", len(self._batch) // 4)
-            self._batch = []
+                for k in range(0, len(self._batch), 4):
+                    self._unrelayed(self._batch[k])
+            self._batch, self._batch_bytes = [], 0
         if self._gone:
             self._to_core([E.GONE, *self._gone])  # (lost with no core: it forgot them)
             self._gone = []
@@ -278,11 +371,22 @@ class Edge:
         self._flush()
         self.pub.stop()
         self.conns.close()
-        for sock in (self.router, self.zap, self.core):
+        for sock in (self.router, self.zap, *self.cores):
             sock.close()
 
 
-def _bad_route(frame: bytes) -> bytes:
-    return pack([error(decode(frame).id, ProtocolError(
+UNRELAYED = b"its edge could not reach the core"
+
+
+def _send(sock: zmq.Socket, message: list[bytes]) -> bool:
+    try:
+        sock.send_multipart(message, _NOW)
+        return True
+    except zmq.Again:  # no core connected there, or it stopped reading: clients move on
+        return False
+
+
+def _bad_route(rid: int | None) -> bytes:
+    return pack([error(rid, ProtocolError(
         "bad_route", "Your routing id must be derived from your key (PROTOCOL.md, "
                      "routing ids)"))])

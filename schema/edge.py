@@ -7,7 +7,10 @@ are the clients' request frames and the broker's reply frames, byte for byte. Ea
 message is a multipart message whose first frame is its kind:
 
 Edge to core
-    ``HELLO  info``                  every HEARTBEAT s; msgpack ``{"pub": address}``.
+    ``HELLO  info``                  every HEARTBEAT s, and after each LINK_BYTES / 8
+                                     relayed; msgpack ``{"pub": address}``. Its ALIVE
+                                     tells the edge that the core has read all it sent
+                                     before it (the edge bounds the rest: LINK_BYTES).
                                      The first one (or any message from an edge the core
                                      does not know) makes the core send TOPICS first.
     ``REQUEST (client, key, address, body)...``
@@ -27,6 +30,10 @@ Core to edge
     ``ROOM   topic frame``           one room frame of the turn, once per edge that has
                                      members in the room; the edge publishes it.
     ``ALIVE  incarnation``           the answer to a HELLO.
+    ``ENDED  client...``             clients on this edge whose sessions the core ended
+                                     (kicked, replaced, moved, not reading...): their
+                                     pings are answered ``no_session`` from then on.
+                                     Before the turn's frames, like TOPICS.
 
 The link is trusted in one direction only: the core trusts an edge's word on who a
 client is (the edge did the CURVE handshake with it and checked its routing id), and an
@@ -36,7 +43,7 @@ edge trusts the core's frames. Neither trusts a client.
 from __future__ import annotations
 
 HELLO, REQUEST, GONE = b"H", b"R", b"G"
-TOPICS, SEND, ROOM, ALIVE = b"T", b"S", b"P", b"A"
+TOPICS, SEND, ROOM, ALIVE, ENDED = b"T", b"S", b"P", b"A", b"E"
 ALL = b"all"
 LIVE, DEAD = b"1", b"0"
 
@@ -47,4 +54,8 @@ REQUESTS_PER_MESSAGE = 512
 # Frames queued on the link before a send would block: a core that stopped reading makes
 # its edge refuse clients' requests (busy) rather than hold them without bound.
 LINK_QUEUE = 100_000
+# Bytes an edge relays to the core beyond what the core has shown it read (it answered a
+# HELLO sent after them). Past it the core is not keeping up (stopped, far behind): the
+# edge relays no more requests, and ends their clients' sessions so that they resume.
+LINK_BYTES = 64 << 20
 INFO_MAX = 4096  # bytes of a HELLO's info

@@ -117,11 +117,76 @@ def frame(cmd: str, rid: int = 1, **fields: object) -> bytes:
     return pack(request(rid, cmd, **fields))
 
 
+def opened(clients: Clients, client: bytes, now: float = 0.0, rid: int = 1) -> None:
+    """The client said hello through the edge and the core answered it ok."""
+    assert clients.request(client, frame("hello", rid, version=P.PROTOCOL_VERSION), now=now,
+                           core_alive=True) == Relay(hello=True)
+    clients.reply(client, pack([{"re": rid, "ok": True, "inc": "i", "pub": "tcp://core:1"}]),
+                  "tcp://edge:1")
+
+
+def ping(clients: Clients, client: bytes, now: float = 0.0) -> dict | Relay | None:
+    """What a ping gets at the edge: its answer, Relay (to the core), or None (silence)."""
+    verdict = clients.request(client, frame("ping", 0), now=now, core_alive=True)
+    return unpack(verdict.frame)[0] if isinstance(verdict, Answer) else verdict
+
+
 def test_pings_are_answered_at_the_edge_only_while_the_core_is_heard():
     clients = Clients()
+    opened(clients, b"c")
     answer = clients.request(b"c", frame("ping", 0), now=0.0, core_alive=True)
     assert isinstance(answer, Answer) and unpack(answer.frame) == [{"re": 0, "ok": True}]
     assert clients.request(b"c", frame("ping", 0), now=1.0, core_alive=False) is None
+
+
+def test_a_ping_is_answered_as_the_core_would_whether_the_client_has_a_session():
+    """Before, the edge answered every ping ok: a client whose session the core had ended
+    (a new core, this edge lost) never heard of it, and never resumed."""
+    clients = Clients()
+    assert ping(clients, b"c")["code"] == "no_session"  # no hello yet
+    clients.request(b"c", frame("hello", 5, version=P.PROTOCOL_VERSION), now=0.0,
+                    core_alive=True)
+    assert ping(clients, b"c") == Relay(hello=False)  # the core answers it, after the hello
+    clients.reply(b"c", pack([{"re": 5, "ok": True, "inc": "i", "pub": "p"}]), "e")
+    assert ping(clients, b"c") == {"re": 0, "ok": True}
+    clients.sessions_ended()  # a new core, or the core lost this edge
+    assert ping(clients, b"c")["code"] == "no_session"
+    opened(clients, b"c", rid=6)
+    clients.reply(b"c", pack([{"re": 9, "ok": False, "code": "no_session",
+                               "error": "Say hello first"}]), "e")  # the core says so
+    assert ping(clients, b"c")["code"] == "no_session"
+    opened(clients, b"c", rid=7)
+    assert clients.request(b"c", frame("bye", 8), now=0.0, core_alive=True) == Relay(
+        hello=False)
+    assert ping(clients, b"c")["code"] == "no_session"
+    # A hello the core never answers holds pings back only for a timeout.
+    clients.request(b"c", frame("hello", 10, version=P.PROTOCOL_VERSION), now=1.0,
+                    core_alive=True)
+    assert ping(clients, b"c", now=1.5) == Relay(hello=False)
+    assert ping(clients, b"c", now=1.0 + clients.timeout)["code"] == "no_session"
+
+
+def test_a_request_that_cannot_reach_the_core_ends_the_session_it_had():
+    clients = Clients()
+    opened(clients, b"c")
+    assert not clients.unrelayed(b"stranger")  # nothing to end
+    assert clients.unrelayed(b"c")  # the core is told, and the client at its next ping
+    assert ping(clients, b"c")["code"] == "no_session"
+    assert not clients.unrelayed(b"c")  # once
+
+
+def test_every_hello_in_flight_is_answered_with_the_edges_publisher():
+    """Before, only the last hello sent was followed: the reply to an earlier one still
+    on its way went out naming the core's publisher."""
+    clients = Clients()
+    for rid in (1, 2):
+        clients.request(b"c", frame("hello", rid, version=P.PROTOCOL_VERSION), now=0.0,
+                        core_alive=True)
+    for rid in (1, 2):
+        told = unpack(clients.reply(b"c", pack([{"re": rid, "ok": True, "inc": "i",
+                                                 "pub": "tcp://core:5556"}]),
+                                    "tcp://edge:6556"))
+        assert told[0]["pub"] == "tcp://edge:6556", rid
 
 
 def test_what_is_no_request_is_refused_at_the_edge_and_charged():

@@ -11,6 +11,7 @@ sends an edge.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +28,10 @@ from .harness import (
     Broker,
     Client,
     Edge,
+    admin,
     admin_json,
     edge_address,
+    free_tcp_address,
     start_broker,
     start_edge,
     stored_events,
@@ -263,3 +266,43 @@ def test_kill_9_of_an_edge_its_clients_move_to_another_and_catch_up_gap_free(
     finally:
         for c in everyone:
             c.kill()
+
+
+@pytest.mark.via_edge
+def test_a_session_the_core_ends_is_told_to_the_client_at_its_next_ping(broker, zctx):
+    """Kicked by the operator, its session is gone: the next ping says so, behind an edge
+    (which answers pings itself, told by the core) as on the core."""
+    mallory = Peer(zctx, broker, "mallory")
+    assert mallory.ask("ping")["ok"]
+    done = admin(broker.control, "kick", "mallory", "--reason", "enough")
+    assert done.returncode == 0, done.stderr
+    mallory.notice("kicked")
+    assert mallory.ask("ping")["code"] == "no_session"
+
+
+def test_an_edge_takes_clients_only_once_a_core_has_greeted_it(tmp_path):
+    """Started before its core, an edge binds nothing for clients (a client would get no
+    answer to its hello): it waits, and opens once the core greets it."""
+    key_dir = tmp_path / "keys"
+    keys.ensure(key_dir)
+    link = free_tcp_address()
+    started: list[Edge] = []
+    waiter = threading.Thread(target=lambda: started.append(
+        start_edge(link, str(key_dir), timeout=30)), daemon=True)
+    waiter.start()
+    waiter.join(1.0)  # (the edge is up and waiting by now, or soon: it has no core)
+    assert not started, "the edge opened with no core to relay to"
+    core = start_broker(str(tmp_path / "zchat.db"), "--edge-bind", link, "--keys",
+                        str(key_dir))
+    try:
+        waiter.join(20)
+        [edge] = started
+        assert any("Waiting for a core" in line for line in edge.log.seen)
+        alice = Client(edge.router, "--keys", str(key_dir), "--name", "alice")
+        try:
+            alice.event("reply", cmd="login", timeout=10)
+        finally:
+            alice.kill()
+        edge.stop()
+    finally:
+        core.stop()

@@ -19,10 +19,12 @@ import json
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import zmq
 
+from schema import edge as E
 from schema import keys, messages, pack
 from schema import protocol as P
 
@@ -371,6 +373,62 @@ def test_kill_9_of_the_active_core_behind_edges_the_clients_resume_through_them(
             assert edge.proc.poll() is None
     finally:
         rooms.close()
+
+
+def incarnation(core: Broker) -> str:
+    """The incarnation a core served last, from its log."""
+    return [line.rsplit(" ", 1)[-1] for line in core.log.seen if "incarnation" in line
+            and line.startswith(tuple("0123456789")) and "Store:" in line][-1]
+
+
+@pytest.mark.timeout(60)
+def test_a_core_frozen_behind_edges_sends_them_nothing_once_thawed(edged_cores, pg_dsn,
+                                                                   keys_dir, zctx):
+    """The edges are connected to both cores. The frozen one's link stays open; once the
+    standby serves, the edges must use it alone, their clients resume at once, and the
+    thawed core (fenced) sends the edges nothing."""
+    (active, standby), edges = edged_cores
+    rooms = Rooms(edges)
+    # A bare edge of the test's own on the active core's link alone, to see whether
+    # anything at all comes from that core once it is thawed.
+    probe = zctx.socket(zmq.DEALER)
+    probe.setsockopt(zmq.LINGER, 0)
+    directory = Path(keys_dir)
+    keys.curve_client(probe, keys.load(directory / "broker.key").public,
+                      keys.load(directory / "edge.key_secret"))
+    probe.connect(active.args[active.args.index("--edge-bind") + 1])
+    probe.send_multipart([E.HELLO, pack({"pub": "tcp://127.0.0.1:1"})])
+    assert probe.poll(5000) and probe.recv_multipart()[0] == E.TOPICS
+    assert probe.poll(5000) and probe.recv_multipart()[0] == E.ALIVE
+    try:
+        rooms.say(30)
+        rooms.clients[0].event("reply", cmd="say", timeout=10)  # frozen mid-stream
+        active.proc.send_signal(signal.SIGSTOP)
+        wait_serving(standby, timeout=LOCK_TIMEOUT + 5)
+        rooms.say(30)
+        rooms.wait_resumed(timeout=20)
+        rooms.settle()
+        while probe.poll(0):  # (what came before the freeze)
+            probe.recv_multipart()
+        active.proc.send_signal(signal.SIGCONT)
+        probe.send_multipart([E.HELLO, pack({"pub": "tcp://127.0.0.1:1"})])
+        active.log.wait_for("FENCED", timeout=5)
+        assert not probe.poll(500), "the thawed core answered an edge"
+        active.log.wait_for("Standby:", timeout=5)
+        rooms.say(10)  # and the edges still reach the serving core alone
+        rooms.settle()
+        rooms.check(pg_dsn)
+        # Each edge names the core incarnation it hears from: once the standby's, never
+        # the thawed core's again.
+        old, new = incarnation(active), incarnation(standby)
+        for edge in edges:
+            edge.log.drain(0.2)  # (what it logged since it started)
+            heard = [line.rsplit(" ", 1)[-1] for line in edge.log.seen
+                     if "Core incarnation" in line]
+            assert new in heard and old not in heard[heard.index(new):], heard
+    finally:
+        rooms.close()
+        probe.close(0)
 
 
 # --- the single-machine suite, once against PostgreSQL (the tests imported above) -----------

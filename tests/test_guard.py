@@ -561,3 +561,12 @@ def test_an_unfinished_message_among_quiet_connections_is_cut_as_memory_grows(ct
         pass
     until(conns, lambda: conns.cuts["unfinished message"] == 1, check=True)
     assert attacker.closed_by_server()
+
+
+def test_no_descriptor_known_is_no_tcp_connection_not_an_error():
+    """-1 is what the loops pass for "no connection known for sure" (a peer that dialled
+    again since): asking about it must answer None, never raise (it once raised
+    ValueError, and a reconnecting client could end the edge's loop with it)."""
+    from broker import guard
+
+    assert guard.acked(-1) is None and guard.received(-1) is None
