@@ -261,7 +261,11 @@ def _run(opts: Options, plan: Plan, broker: BrokerProcess, procs: list[_Proc],
     while time.monotonic() < drain_end:
         expected = _expected(plan, sent, echo)
         got = sum(totals[w * 4] for w in range(n_workers))
-        if got >= expected:
+        # ...and every message answered (zchat acknowledges each; IRC nothing): an ack
+        # can come after the last delivery, and one not yet in would count as unacked.
+        answered = sum(totals[w * 4 + 1] + totals[w * 4 + 2] for w in range(n_workers))
+        if got >= expected and (not echo or answered >= sum(sent[i] for i in
+                                                            range(n_senders))):
             break
         time.sleep(0.05)
     progress.close()
