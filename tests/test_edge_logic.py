@@ -238,3 +238,27 @@ def test_a_garbled_request_never_reaches_the_core(cmd):
     clients = Clients()
     verdict = clients.request(b"c", frame(cmd)[:-1] + b"\xc1", now=0.0, core_alive=True)
     assert isinstance(verdict, Answer)
+
+
+def test_the_common_ping_is_answered_by_its_bytes_exactly_as_when_decoded():
+    """Idle clients' pings are most of an edge's traffic, all the same bytes: answered
+    without decoding, the answer must be the one the decoded path gives."""
+    import msgpack
+
+    common = pack({"id": 0, "cmd": "ping"})
+    other = msgpack.packb({"cmd": "ping", "id": 0})  # the same request, keys swapped
+    assert common != other
+    for has_session in (False, True):
+        answers = []
+        for body in (common, other):
+            clients = Clients()
+            clients.request(b"c", frame("hello", 1, version=P.PROTOCOL_VERSION), now=0.0,
+                            core_alive=True)
+            if has_session:
+                clients.reply(b"c", pack([{"re": 1, "ok": True, "pub": "x"}]), "y")
+            else:
+                clients.hello_refused(b"c", 1)
+            answer = clients.request(b"c", body, now=1.0, core_alive=True)
+            assert isinstance(answer, Answer)
+            answers.append(unpack(answer.frame))
+        assert answers[0] == answers[1] and answers[0][0]["ok"] is has_session
