@@ -6,9 +6,10 @@ Sockets, as a broker's towards clients (the same options, the same guard):
 * ``publisher`` (XPUB, manual, in the publisher thread of ``broker/publisher.py``): room
   frames out to the clients on this edge; subscriptions granted only to live room topics,
   as the core tells them (schema/edge.py, TOPICS), with the same junk guard.
-* ``core`` (DEALER, CURVE with this edge's own key, to the core's edge socket; connected
-  to every core address given: only the active core binds, and ``IMMEDIATE`` sends only
-  to a connection that is up).
+* ``cores`` (a DEALER per core address given, CURVE with this edge's own key, to the
+  cores' edge sockets): requests go to the core that greeted this edge last, hellos to
+  all (only the active core binds; a frozen one keeps its connections open, and must get
+  nothing). The client sockets are bound only once a core has greeted the edge.
 
 Each turn: read the clients' requests (answering pings, malformed frames and floods here,
 ``clients.py``), hand the rest to the core in one link message, then pass on what the
