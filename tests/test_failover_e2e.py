@@ -375,6 +375,24 @@ def test_kill_9_of_the_active_core_behind_edges_the_clients_resume_through_them(
         rooms.close()
 
 
+@pytest.mark.timeout(60)
+def test_a_postgresql_restart_behind_edges_loses_nothing_and_service_resumes(
+        edged_cores, pg_dsn, pg_cluster):
+    cores, edges = edged_cores
+    rooms = Rooms(edges)
+    try:
+        rooms.say(40)
+        rooms.clients[0].event("reply", cmd="say", timeout=10)
+        pg_cluster.restart("fast")  # every core is fenced; one takes the lock again
+        rooms.say(40)
+        rooms.wait_resumed(timeout=20)
+        rooms.settle()
+        rooms.check(pg_dsn)
+        assert all(p.proc.poll() is None for p in [*cores, *edges])  # none gave up
+    finally:
+        rooms.close()
+
+
 def incarnation(core: Broker) -> str:
     """The incarnation a core served last, from its log."""
     return [line.rsplit(" ", 1)[-1] for line in core.log.seen if "incarnation" in line
