@@ -54,7 +54,10 @@ class Edges:
     def drain(self) -> list[Delivery]:
         """What the edges sent since the last turn, handled: the deliveries it made."""
         out: list[Delivery] = []
+        taken = 0  # requests and losses, from all edges: at most REQUESTS_PER_TURN
         for _ in range(BATCH):
+            if taken >= E.REQUESTS_PER_TURN:
+                break
             try:
                 frames = self.sock.recv_multipart(_NOW)
             except zmq.Again:
@@ -64,9 +67,12 @@ class Edges:
                 log.info("Edge %s connected (%d edges)", edge.hex(), len(self.heard) + 1)
                 self._new.append(edge)
             self.heard[edge] = self.clock()
-            if kind == E.REQUEST and len(rest) % 4 == 0:
+            if kind == E.REQUEST and len(rest) % 4 == 0 and \
+                    len(rest) <= 4 * E.REQUESTS_PER_MESSAGE:
                 out += self._requests(edge, rest)
+                taken += len(rest) // 4
             elif kind == E.GONE and len(rest) % 2 == 0:
+                taken += len(rest) // 2
                 for k in range(0, len(rest), 2):
                     out += self.chat.gone((edge, rest[k]), rest[k + 1].decode(errors="replace"))
             elif kind == E.HELLO:

@@ -132,6 +132,8 @@ class Clients:
         state = self.known.get(client)
         if state is not None:
             state.session = False
+            # (a hello answered in the same turn came before the end: not a session)
+            state.hellos.clear()
 
     def sessions_ended(self) -> None:
         """The core holds no session of this edge's clients (it lost this edge, or it is

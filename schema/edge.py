@@ -49,13 +49,17 @@ LIVE, DEAD = b"1", b"0"
 
 HEARTBEAT = 1.0  # seconds between an edge's hellos
 TIMEOUT = 4.0  # an edge (or the core) silent this long is lost
-# Requests and client losses in one link message at most (a turn's worth).
+# Requests in one link message at most (an edge's turn's worth); the core drops a bigger
+# message (no edge sends one) and takes at most REQUESTS_PER_TURN a turn from all its
+# edges together, so a burst from them (after a hiccup of the core's) is spread over
+# turns, as a direct ROUTER's is.
 REQUESTS_PER_MESSAGE = 512
-# Frames queued on the link before a send would block: a core that stopped reading makes
-# its edge refuse clients' requests (busy) rather than hold them without bound.
-LINK_QUEUE = 100_000
+REQUESTS_PER_TURN = 2048
+# Link messages (whole multipart messages, not frames) queued before a send would block.
+# The core loses an edge it cannot send to (its clients resume elsewhere); an edge that
+# cannot send to its core ends the sessions of the requests it cannot relay.
+LINK_QUEUE = 10_000
 # Bytes an edge relays to the core beyond what the core has shown it read (it answered a
 # HELLO sent after them). Past it the core is not keeping up (stopped, far behind): the
 # edge relays no more requests, and ends their clients' sessions so that they resume.
 LINK_BYTES = 64 << 20
-INFO_MAX = 4096  # bytes of a HELLO's info

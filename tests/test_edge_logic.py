@@ -262,3 +262,35 @@ def test_the_common_ping_is_answered_by_its_bytes_exactly_as_when_decoded():
             assert isinstance(answer, Answer)
             answers.append(unpack(answer.frame))
         assert answers[0] == answers[1] and answers[0][0]["ok"] is has_session
+
+
+def test_the_core_takes_a_bounded_number_of_edge_requests_a_turn(chat):
+    """All edges together hand the core at most REQUESTS_PER_TURN requests a turn, so a
+    burst (edges' backlogs after a hiccup of the core's) is spread over turns; and a link
+    message of more requests than an edge ever sends is dropped."""
+    import zmq
+
+    from broker.edges import Edges
+    from schema import edge as E_
+
+    ctx = zmq.Context()
+    try:
+        core = ctx.socket(zmq.ROUTER)
+        core.bind("inproc://edges-turn")
+        edge = ctx.socket(zmq.DEALER)
+        edge.connect("inproc://edges-turn")
+        edges = Edges(core, chat, secure=False)
+        say = pack(request(1, "say", room="r", text="x"))
+        per_message = E_.REQUESTS_PER_MESSAGE
+        for m in range(E_.REQUESTS_PER_TURN // per_message + 2):
+            frames = [E_.REQUEST]
+            for k in range(per_message):
+                frames += [b"c%d-%d" % (m, k), b"", b"", say]
+            edge.send_multipart(frames)
+        edge.send_multipart([E_.REQUEST] + [b"x", b"", b"", say] * (per_message + 1))
+        assert core.poll(5000)
+        time_to_take = [len(edges.drain()) for _ in range(3)]
+        # (sessionless: each request is answered no_session, one delivery each)
+        assert time_to_take == [E_.REQUESTS_PER_TURN, 2 * per_message, 0]
+    finally:
+        ctx.destroy(linger=0)
