@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import zmq
 
-from schema import ProtocolError, decode
+from schema import ProtocolError, decode, unpack
 from schema import edge as E
 
 from .chat import Chat, Delivery
@@ -45,6 +45,7 @@ class Edges:
         self.frames_in = 0
         self._new: list[bytes] = []  # edges first heard this turn: told every live topic
         self._hellos: list[bytes] = []  # edges whose hello this turn answers
+        self._resets: dict[bytes, int] = {}  # edge -> the link drops it has told of
 
     def __bool__(self) -> bool:
         return bool(self.heard)
@@ -76,6 +77,7 @@ class Edges:
                 for k in range(0, len(rest), 2):
                     out += self.chat.gone((edge, rest[k]), rest[k + 1].decode(errors="replace"))
             elif kind == E.HELLO:
+                out += self._reset(edge, rest)
                 self._hellos.append(edge)
             else:
                 log.warning("Edge %s: dropped a link message of kind %r", edge.hex(), kind)
@@ -95,6 +97,24 @@ class Edges:
                 out += refuse(peer, err.rid, err)
             except UnicodeDecodeError:
                 out += refuse(peer, None, ProtocolError("malformed", "Not UTF-8"))
+        return out
+
+    def _reset(self, edge: bytes, rest: Sequence[bytes]) -> list[Delivery]:
+        """A hello telling of a new drop of the edge's link: what was on the link is
+        lost, so the sessions through it end and the edge is greeted anew."""
+        try:
+            info = unpack(rest[0]) if rest else {}
+            reset = info.get("reset", 0) if isinstance(info, dict) else 0
+        except ProtocolError:
+            reset = 0
+        if not isinstance(reset, int) or reset <= self._resets.get(edge, 0):
+            return []
+        self._resets[edge] = reset
+        if edge in self._new:  # (new this turn: greeted anyway)
+            return []
+        out = self.lose(edge, "its edge's link to the core dropped")
+        self.heard[edge] = self.clock()
+        self._new.append(edge)
         return out
 
     def expire(self) -> list[Delivery]:

@@ -102,6 +102,14 @@ class Edge:
                 keys.curve_client(sock, core_key, own_key)
             self.cores.append(sock)
         self.core = self.cores[0]  # the one in use
+        # A connection to a core that drops loses what was on it, both ways, though
+        # libzmq dials again under the same routing id and the core takes it for the
+        # same edge. So a drop is watched for, and told: the next hellos carry a new
+        # ``reset`` number, and the core ends the sessions it held through this edge
+        # and greets it anew; the clients, told no_session at their next ping, resume.
+        self._drops = {sock.get_monitor_socket(zmq.EVENT_DISCONNECTED): sock
+                       for sock in self.cores}
+        self._reset = 0
         for address, sock in zip(core, self.cores, strict=True):
             sock.connect(address)
         self._binds = (bind, pub_bind)
@@ -158,7 +166,8 @@ class Edge:
 
     def serve(self) -> None:
         poller = zmq.Poller()
-        for sock in (self.zap, self.router, *self.cores, *self.conns.monitors):
+        for sock in (self.zap, self.router, *self.cores, *self.conns.monitors,
+                     *self._drops):
             poller.register(sock, zmq.POLLIN)
         self.pub.start()
         log.info("zchat edge ready: router=%s pub=%s core=%s", self.endpoints["router"],
@@ -186,6 +195,9 @@ class Edge:
             for sock in self.cores:
                 if sock in ready:
                     self._drain_core(sock, now)
+            for monitor, sock in self._drops.items():
+                if monitor in ready:
+                    self._dropped(monitor, sock)
             if now >= next_expiry:
                 for client in self.clients.silent(now):
                     self._lost(client, "timed out")
@@ -197,7 +209,7 @@ class Edge:
             # A HELLO each heartbeat, and after each eighth of LINK_BYTES relayed: its
             # answer tells how much of what waits on the link the core has read.
             if now >= next_hello or self._relayed - self._marked > E.LINK_BYTES // 8:
-                hello = [E.HELLO, pack({"pub": self.endpoints["pub"]})]
+                hello = [E.HELLO, pack({"pub": self.endpoints["pub"], "reset": self._reset})]
                 for sock in self.cores:  # a core in waiting greets us once it serves
                     if sock is not self.core:
                         _send(sock, hello)
@@ -349,6 +361,16 @@ class Edge:
                     log.info("Core incarnation %s", incarnation)
                     self.incarnation = incarnation
 
+    def _dropped(self, monitor: zmq.Socket, sock: zmq.Socket) -> None:
+        while monitor.poll(0):
+            monitor.recv_multipart()  # (EVENT_DISCONNECTED: which one does not matter)
+            if sock is self.core:
+                log.warning("The link to the core dropped: its clients' sessions end")
+                self.clients.sessions_ended()
+                self._marks.clear()
+                self._read = self._relayed
+                self._reset += 1
+
     def _to_core(self, message: list[bytes]) -> bool:
         return _send(self.core, message)
 
@@ -372,7 +394,9 @@ class Edge:
         self._flush()
         self.pub.stop()
         self.conns.close()
-        for sock in (self.router, self.zap, *self.cores):
+        for sock in self.cores:
+            sock.disable_monitor()
+        for sock in (self.router, self.zap, *self.cores, *self._drops):
             sock.close()
 
 

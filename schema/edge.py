@@ -8,7 +8,9 @@ message is a multipart message whose first frame is its kind:
 
 Edge to core
     ``HELLO  info``                  every HEARTBEAT s, and after each LINK_BYTES / 8
-                                     relayed; msgpack ``{"pub": address}``. Its ALIVE
+                                     relayed; msgpack ``{"pub": address, "reset": n}``
+                                     (n: drops of the link so far; a new n makes the
+                                     core end the edge's sessions and greet it anew). Its ALIVE
                                      tells the edge that the core has read all it sent
                                      before it (the edge bounds the rest: LINK_BYTES).
                                      The first one (or any message from an edge the core

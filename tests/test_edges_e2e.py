@@ -11,6 +11,7 @@ sends an edge.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from .harness import (
     admin_json,
     edge_address,
     free_tcp_address,
+    host_port,
     start_broker,
     start_edge,
     stored_events,
@@ -306,3 +308,87 @@ def test_an_edge_takes_clients_only_once_a_core_has_greeted_it(tmp_path):
         edge.stop()
     finally:
         core.stop()
+
+
+class LinkProxy:
+    """A TCP relay between an edge and its core that the test can break: drop what the
+    core sends (a reply on its way is lost), then cut the connection (a blip: the edge
+    dials again at once, under the same routing id)."""
+
+    def __init__(self, target: str):
+        self.target = host_port(target)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.dropping = threading.Event()
+        self.dropped = threading.Event()  # something from the core was dropped
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                edge, _ = self.listener.accept()
+            except OSError:
+                return
+            core = socket.create_connection(self.target)
+            self.conns += [edge, core]
+            threading.Thread(target=self._pump, args=(edge, core, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(core, edge, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_core: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if from_core and self.dropping.is_set():
+                    self.dropped.set()
+                    continue
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            s.close()
+
+    def blip(self) -> None:
+        conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.dropping.clear()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.blip()
+
+
+def test_a_dropped_link_between_edge_and_core_loses_nothing_acknowledged(core):
+    """What was on the link when it dropped is lost both ways; the edge tells the core at
+    its next hello, the core ends the sessions it held through it, and the clients resume:
+    the line typed meanwhile is answered (once), never left waiting."""
+    proxy = LinkProxy(edge_address(core))
+    edge = start_edge(proxy.address, core.keys_dir)
+    alice = Client(edge.router, "--name", "alice")
+    bob = Client(core.router, "--name", "bob")
+    try:
+        alice.send("/create den")
+        alice.event("reply", cmd="create", timeout=10)
+        bob.send("/join den")
+        bob.event("reply", cmd="join", timeout=10)
+        alice.send("before")
+        alice.event("reply", cmd="say", text="before", timeout=10)
+        proxy.dropping.set()
+        alice.send("during")  # its answer (and its room frame) go nowhere
+        assert proxy.dropped.wait(10)
+        bob.event("msg", text="during", timeout=10)  # it was stored and published
+        proxy.blip()
+        alice.event("resumed", timeout=15)
+        alice.event("reply", cmd="say", text="during", timeout=15)  # answered, as a retry
+        alice.send("after")
+        bob.event("msg", text="after", timeout=10)
+        texts = [e.get("text") for e in stored_events(core.db, "den")]
+        assert texts.count("during") == 1 and texts.count("after") == 1
+    finally:
+        alice.kill()
+        bob.kill()
+        edge.stop()
+        proxy.close()
