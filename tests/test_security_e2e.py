@@ -410,7 +410,6 @@ def test_the_running_broker_answers_its_authenticator_so_valid_keys_get_in(broke
 # === Identity ============================================================================
 
 
-@pytest.mark.via_edge
 def test_a_password_registered_nickname_needs_its_password(broker, clients, zctx):
     alice = clients()
     alice.send("login alice", "/register hunter2-pass")
@@ -949,7 +948,6 @@ def test_a_flooder_is_rate_limited_while_others_chat_on(broker, zctx, clients):
     watcher.event("msg", **{"from": "flooder", "text": "sorry"}, timeout=10)
 
 
-@pytest.mark.via_edge
 @pytest.mark.broker_args("--rate", "0")
 def test_names_sizes_and_counts_are_limited_by_the_broker_itself(broker, zctx):
     peer = Peer(zctx, broker)  # bare sockets: the client's own checks are skipped
@@ -988,7 +986,6 @@ def test_names_sizes_and_counts_are_limited_by_the_broker_itself(broker, zctx):
     assert len(names) == P.ROOMS_PER_MEMBER_MAX + 1 and room in names  # with "elsewhere"
 
 
-@pytest.mark.via_edge
 def test_escape_sequences_are_delivered_but_shown_neutralised(broker, clients, zctx):
     nasty = "look \x1b[2J\x07\x1b]0;pwned\x07\x1b[31m red \x9b1;1H done"
     alice = Peer(zctx, broker, "alice")  # bare sockets: no client-side cleaning at all
