@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -28,11 +29,12 @@ import zmq
 from schema import ProtocolError, decode, unpack
 from schema import edge as E
 
+from . import guard
 from .chat import Chat, Delivery
 
 log = logging.getLogger("zchat.broker")
 
-_MORE, _NOW = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
+_MORE, _NOW, _SRCFD = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK), int(zmq.SRCFD)
 BATCH = 256  # link messages taken per turn (each up to REQUESTS_PER_MESSAGE requests)
 
 
@@ -46,6 +48,9 @@ class Edges:
         self._new: list[bytes] = []  # edges first heard this turn: told every live topic
         self._hellos: list[bytes] = []  # edges whose hello this turn answers
         self._resets: dict[bytes, int] = {}  # edge -> the link drops it has told of
+        # edge -> [its connection's fd and identity, bytes handed it since the base, the
+        # kernel's acknowledged count at the base]: what it has not read (EDGE_QUEUE_BYTES)
+        self._queued: dict[bytes, list] = {}
 
     def __bool__(self) -> bool:
         return bool(self.heard)
@@ -60,9 +65,10 @@ class Edges:
             if taken >= E.REQUESTS_PER_TURN:
                 break
             try:
-                frames = self.sock.recv_multipart(_NOW)
+                parts = self.sock.recv_multipart(_NOW, copy=False)
             except zmq.Again:
                 break
+            frames = [part.bytes for part in parts]
             edge, kind, rest = frames[0], frames[1] if len(frames) > 1 else b"", frames[2:]
             if edge not in self.heard:
                 log.info("Edge %s connected (%d edges)", edge.hex(), len(self.heard) + 1)
@@ -78,6 +84,7 @@ class Edges:
                     out += self.chat.gone((edge, rest[k]), rest[k + 1].decode(errors="replace"))
             elif kind == E.HELLO:
                 out += self._reset(edge, rest)
+                out += self._reading(edge, parts[-1].get(_SRCFD))
                 self._hellos.append(edge)
             else:
                 log.warning("Edge %s: dropped a link message of kind %r", edge.hex(), kind)
@@ -117,6 +124,28 @@ class Edges:
         self._new.append(edge)
         return out
 
+    def _reading(self, edge: bytes, fd: int) -> list[Delivery]:
+        """At each hello: has the edge read what it was handed? Lost, and its connection
+        cut, if it holds EDGE_QUEUE_BYTES unacknowledged and acknowledged nothing since."""
+        track = self._queued.get(edge)
+        if track is None or track[0] != (fd, guard.identity(fd)):
+            self._queued[edge] = [(fd, guard.identity(fd)), 0, guard.acked(fd) or 0]
+            return []
+        acked = guard.acked(fd)
+        if acked is None:  # not TCP (ipc): libzmq's message bound is all there is
+            track[1] = 0
+            return []
+        unread = track[1] - (acked - track[2])
+        # Past the bound while it still reads (slowly), up to four times it.
+        if unread <= E.EDGE_QUEUE_BYTES or (acked > track[2]
+                                            and unread <= 4 * E.EDGE_QUEUE_BYTES):
+            track[1], track[2] = max(0, unread), acked
+            return []
+        log.warning("Edge %s is not reading (%d MiB unread): cut", edge.hex(), unread >> 20)
+        out = self.lose(edge, "its edge is not reading")
+        _cut(fd, track[0][1])
+        return out
+
     def expire(self) -> list[Delivery]:
         """Edges silent too long are lost, and the sessions they held end."""
         out: list[Delivery] = []
@@ -132,6 +161,7 @@ class Edges:
 
     def lose(self, edge: bytes, reason: str) -> list[Delivery]:
         self.heard.pop(edge, None)
+        self._queued.pop(edge, None)
         log.warning("Edge %s lost: %s", edge.hex(), reason)
         return self.chat.edge_lost(edge, reason)
 
@@ -186,11 +216,28 @@ class Edges:
         try:
             self.sock.send(edge, _MORE)
             self.sock.send_multipart(message, _NOW)
+            track = self._queued.get(edge)
+            if track is not None:
+                track[1] += sum(map(len, message))
             return True
         except zmq.ZMQError as exc:
             if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
                 raise
             return False
+
+
+def _cut(fd: int, identity: object) -> None:
+    """Shut the edge's connection down (libzmq closes it and frees what it queued), if
+    ``fd`` is still that connection (never another one that got the number)."""
+    if fd < 0 or identity is None or guard.identity(fd) != identity:
+        return
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        s.detach()
 
 
 def _flat(pairs: Iterable[tuple[bytes, bytes]]) -> list[bytes]:

@@ -222,7 +222,7 @@ def acked(fd: int) -> int | None:
     return None if info is None else struct.unpack_from("Q", info, _BYTES_ACKED)[0]
 
 
-def _identity(fd: int) -> tuple[int, str] | None:
+def identity(fd: int) -> tuple[int, str] | None:
     """(socket inode, peer address) of ``fd``, or None if it is not an open socket."""
     try:
         st = os.fstat(fd)
@@ -343,7 +343,7 @@ class Connections:
     def _event(self, label: str, event: int, fd: int) -> None:
         if event == zmq.EVENT_ACCEPTED:
             conn = self._conns.get(fd)
-            if conn is None or conn.accepted or _identity(fd) != (conn.inode, conn.peer):
+            if conn is None or conn.accepted or identity(fd) != (conn.inode, conn.peer):
                 conn = self._learn(fd, label)
             if conn is not None:
                 conn.accepted, conn.label = True, label
@@ -379,7 +379,7 @@ class Connections:
         old = self._conns.get(fd)
         if old is not None:
             self._forget(old)
-        ident = _identity(fd)
+        ident = identity(fd)
         if ident is None:
             return None
         now = self.clock()
@@ -436,7 +436,7 @@ class Connections:
             return False
         if conn.cut:  # already; libzmq has not reported it gone yet
             return True
-        if _identity(fd) != (conn.inode, conn.peer):
+        if identity(fd) != (conn.inode, conn.peer):
             log.info("Not cutting descriptor %d (%s): %s is gone, the number was reused",
                      fd, reason, conn.peer)
             self._forget(conn)
@@ -537,7 +537,7 @@ class Connections:
             return 0
         counters = self._counters(conn.fd)
         if counters is None:
-            if _identity(conn.fd) is None:  # closed without our seeing the event
+            if identity(conn.fd) is None:  # closed without our seeing the event
                 self._forget(conn)
             return 0
         acked_, got, notsent = counters

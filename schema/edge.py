@@ -61,6 +61,11 @@ REQUESTS_PER_TURN = 2048
 # The core loses an edge it cannot send to (its clients resume elsewhere); an edge that
 # cannot send to its core ends the sessions of the requests it cannot relay.
 LINK_QUEUE = 10_000
+# Bytes the core has handed an edge that the edge's kernel has not acknowledged (TCP_INFO,
+# looked at with each of its hellos): past it, with nothing acknowledged since the last
+# look, the edge is not reading; the core loses it and cuts its connection, which frees
+# what libzmq held for it (the edge, told by the drop, is greeted anew when it reads).
+EDGE_QUEUE_BYTES = 64 << 20
 # Bytes an edge relays to the core beyond what the core has shown it read (it answered a
 # HELLO sent after them). Past it the core is not keeping up (stopped, far behind): the
 # edge relays no more requests, and ends their clients' sessions so that they resume.

@@ -265,3 +265,57 @@ def test_a_stopped_core_leaves_the_edge_bounded_and_answering_pings(core, edge, 
         os.kill(core.proc.pid, signal.SIGCONT)
         honest_ctx.destroy(linger=0)
 
+
+
+def test_an_edge_that_stops_reading_is_lost_and_cut_by_the_core(tmp_path, zctx):
+    """A (faulty) edge that keeps saying hello and reads nothing: what the core hands it
+    piles up in libzmq. Past EDGE_QUEUE_BYTES unacknowledged, with nothing acknowledged
+    since the last look, the core loses it and cuts its connection (which frees that)."""
+    from pathlib import Path
+
+    from schema import edge as E
+    from schema import keys
+
+    core = start_broker(str(tmp_path / "zchat.db"), "--edge-bind", "tcp://127.0.0.1:*",
+                        "--rate", "0")  # the lines are big; the limits are not the point
+    try:
+        directory = Path(core.keys_dir)
+        sock = zctx.socket(zmq.DEALER)
+        for option, value in ((zmq.RCVHWM, 1), (zmq.RCVBUF, 4096), (zmq.LINGER, 0)):
+            sock.setsockopt(option, value)
+        keys.curve_client(sock, keys.load(directory / "broker.key").public,
+                          keys.load(directory / "edge.key_secret"))
+        sock.connect(edge_address(core))
+        members = [b"c%03d" % i for i in range(20)]
+
+        def requests(make) -> list[bytes]:
+            frames = [E.REQUEST]
+            for i, client in enumerate(members):
+                frames += [client, b"", b"", pack(make(i))]
+            return frames
+
+        sock.send_multipart(requests(lambda i: {"id": 1, "cmd": "hello",
+                                                "version": P.PROTOCOL_VERSION}))
+        sock.send_multipart([E.REQUEST, members[0], b"", b"", pack(
+            {"id": 2, "cmd": "create", "room": "r", "name": "n0"})])
+        sock.send_multipart(requests(lambda i: {"id": 2, "cmd": "join", "room": "r",
+                                                "name": f"n{i}"}))
+        rss_before = rss_mib(core.proc.pid)
+        text = "x" * 60_000
+        deadline = time.monotonic() + 30
+        rid = 10
+        while time.monotonic() < deadline:
+            sock.send_multipart([E.HELLO, pack({"pub": "", "reset": 0})])
+            sock.send_multipart(requests(lambda i, rid=rid: {"id": rid, "cmd": "say", "room": "r",
+                                                    "text": text}))
+            rid += 1
+            core.log.drain(0.05)
+            if any("MiB unread): cut" in line for line in core.log.seen):
+                break
+        else:
+            raise AssertionError("the core never cut the edge off")
+        assert any("lost: its edge is not reading" in line for line in core.log.seen)
+        assert rss_mib(core.proc.pid) - rss_before < 4 * (E.EDGE_QUEUE_BYTES >> 20)
+        sock.close(0)
+    finally:
+        core.stop()
