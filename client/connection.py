@@ -383,18 +383,24 @@ class Connection:
         """Has the broker answered request ``rid`` (or was it given up)?"""
         return rid not in self._pending
 
+    # A UI asks these from its own thread while the network thread changes the queues:
+    # each looks at a copy taken in one step (tuple() of a deque or a dict's values runs
+    # in C, under the GIL), never at the queue itself while it changes.
+
     @property
     def queued(self) -> int:
         """How many of the user's requests wait for the rate limit (or for the broker to
         come back), not yet sent."""
-        return sum(1 for out in self._outbox
-                   if (p := self._pending.get(out.rid)) is not None
+        pending = self._pending
+        return sum(1 for out in tuple(self._outbox)
+                   if (p := pending.get(out.rid)) is not None
                    and p.purpose in ("user", "scrollback"))
 
     @property
     def busy(self) -> bool:
         """Is a request the user made still unanswered?"""
-        return any(p.purpose in ("user", "scrollback") for p in self._pending.values())
+        return any(p.purpose in ("user", "scrollback")
+                   for p in tuple(self._pending.values()))
 
     def silent_for(self) -> float:
         """Seconds since the broker last said anything."""

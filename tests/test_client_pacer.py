@@ -105,3 +105,37 @@ def test_anything_else_is_refused_in_one_line(text):
     with pytest.raises(ValueError) as refused:
         parse_address(text)
     assert "\n" not in str(refused.value) and "HOST:PORT" in str(refused.value)
+
+
+def test_a_ui_thread_asking_how_much_waits_never_sees_the_queues_change_under_it():
+    """The full-screen client asks ``queued`` and ``busy`` from its own thread while the
+    network thread sends and answers: that once crashed it ("deque mutated during
+    iteration"). Here the change happens in the middle of the count, every time."""
+    import zmq
+
+    from client.connection import Connection, _Outgoing, _Pending
+
+    ctx = zmq.Context()
+    conn = Connection("tcp://127.0.0.1:9", ctx=ctx)
+    try:
+        for rid in range(1, 4):  # three lines waiting for the rate limit
+            conn._pending[rid] = _Pending("say", {"text": f"line {rid}"}, "user")
+            conn._outbox.append(_Outgoing(rid, "say", {"text": f"line {rid}"}, False))
+        assert conn.queued == 3 and conn.busy
+
+        class Meddling(dict):  # a network thread's work, landing mid-count
+            def get(self, key, default=None):
+                conn._outbox.append(conn._outbox[0])
+                self[max(self) + 1] = _Pending("say", {}, "user")
+                return super().get(key, default)
+
+            def values(self):
+                self[max(self) + 1] = _Pending("say", {}, "user")
+                return super().values()
+
+        conn._pending = Meddling(conn._pending)
+        assert conn.queued >= 3
+        assert conn.busy
+    finally:
+        conn.close()
+        ctx.term()
