@@ -91,7 +91,7 @@ import stat
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 
 import zmq
@@ -114,6 +114,7 @@ DEADLINE = 2.0  # seconds to finish a handshake, enforced only while crowded...
 # short; an honest CURVE handshake takes a few round trips.
 FULL_DEADLINE = 0.25
 STALL = 10.0  # seconds a peer may leave our sent bytes unacknowledged
+MANY_FRAMES = 16  # a request of more frames is no client's mistake but an attack
 RESERVE = 256  # descriptors kept for operators and the process's own files
 TRIM_PERIOD = 1.0  # seconds after a cut during which freed memory is given back
 EVENT_BUDGET = 8192  # monitor events read per monitor per drain
@@ -298,6 +299,9 @@ class Connections:
         self._checks = 0  # checks that did work, so far
         self._trim_until = 0.0
         self._counters = _TcpCounters()
+        # routing id -> the connection (fd, and our record of it) it last came on: the
+        # number alone may have gone to someone else since (a handover, a close)
+        self._peers: dict[bytes, tuple[int, Connection | None]] = {}
 
     # -- learning -----------------------------------------------------------------------
 
@@ -412,6 +416,38 @@ class Connections:
 
     def get(self, fd: int) -> Connection | None:
         return self._conns.get(fd)
+
+    # -- peers (routing ids) and the connections they came on ------------------------------
+
+    def came_from(self, peer: bytes, fd: int) -> None:
+        """A message of ``peer`` came out of the connection behind ``fd``."""
+        self._peers[peer] = (fd, self._conns.get(fd))
+
+    def fd_of(self, peer: bytes) -> int:
+        """The descriptor of the connection a peer is on now, or -1 if that is not known
+        for sure (its connection went, or another took the number): never someone else's."""
+        fd, conn = self._peers.get(peer, (-1, None))
+        return fd if conn is not None and self._conns.get(fd) is conn else -1
+
+    def forget_peer(self, peer: bytes) -> None:
+        self._peers.pop(peer, None)
+
+    def keep_peers(self, keep: Container[bytes], slack: int) -> None:
+        """Forget the peers not in ``keep``, once more than ``slack`` are known past it."""
+        if len(self._peers) > slack:
+            self._peers = {p: c for p, c in self._peers.items() if p in keep}
+
+    def drop_rest(self, sock: zmq.Socket, fd: int) -> int:
+        """Read and drop the rest of a message of several frames (a request is one); cut
+        its connection if it had many: no mistake but an attack (the guard cuts such a
+        message long before it could be millions of frames). How many it had."""
+        frames = 1
+        while sock.get(zmq.RCVMORE):
+            sock.recv(zmq.NOBLOCK)
+            frames += 1
+        if frames > MANY_FRAMES:
+            self.cut(fd, f"a request of {frames} frames")
+        return frames
 
     def pending(self) -> int:
         """Connections whose handshake is not known to be finished."""

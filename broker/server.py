@@ -59,7 +59,6 @@ ALL_QUEUES_BYTES = 512 << 20  # ...and for all of them
 _MORE, _NOW = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 _SRCFD = int(zmq.SRCFD)
 EXPIRY_CHECK = 0.5  # seconds between scans for silent clients (and looks at the store)
-MANY_FRAMES = 16  # a request of more frames is no client's mistake but an attack
 # The loop away longer than this (the process stopped, or one long turn) is the broker's
 # own silence: clients' silence during it is pardoned.
 STALL = 0.25
@@ -123,9 +122,6 @@ class Broker:
         limit = raise_fd_limit()
         self.conns = Connections(limit=limit)
         self.conns.watch(self.router, "router")
-        # routing id -> the connection (fd, and the guard's record of it) it last came on:
-        # the number alone may have gone to someone else since (a handover, a close)
-        self._fd_of: dict[bytes, tuple[int, object]] = {}
         self._queued = Queued(self.conns.acked)
         publisher_conns = Connections(limit=limit)  # the publisher thread's own
         publisher_conns.watch(self.publisher, "publisher")
@@ -221,16 +217,9 @@ class Broker:
             self._unavailable()
             turn_ended = self._mark
 
-    def _fd(self, peer: bytes) -> int:
-        """The descriptor of the connection a peer is on now, or -1 if that is not known
-        for sure (its connection went, or another took the number): never someone else's."""
-        fd, conn = self._fd_of.get(peer, (-1, None))
-        return fd if conn is not None and self.conns.get(fd) is conn else -1
-
     def _forget_gone(self) -> None:
         """What was kept about peers that are gone."""
-        if len(self._fd_of) > 2 * len(self.chat.sessions) + 1000:
-            self._fd_of = {p: fd for p, fd in self._fd_of.items() if p in self.chat.sessions}
+        self.conns.keep_peers(self.chat.sessions, 2 * len(self.chat.sessions) + 1000)
         self._queued.keep(self.chat.sessions)
 
     def _unavailable(self, allowed: float = 0.0) -> None:
@@ -304,17 +293,11 @@ class Broker:
             body = recv(_NOW, copy=False)
             fd = body.get(_SRCFD)
             self.conns.seen(fd)
-            self._fd_of[peer] = (fd, self.conns.get(fd))
+            self.conns.came_from(peer, fd)
             self.chat.counters.frames_in += 1
             try:
                 if body.more:
-                    frames = 1
-                    while self.router.get(zmq.RCVMORE):
-                        recv(_NOW)
-                        frames += 1
-                    if frames > MANY_FRAMES:  # no mistake: its connection goes (the guard
-                        # cuts such a message long before it could be millions of frames)
-                        self.conns.cut(fd, f"a request of {frames} frames")
+                    self.conns.drop_rest(self.router, fd)
                     raise ProtocolError("malformed", "A request is exactly one frame")
                 # Who sent it is what CURVE proved at connect time, never the routing id.
                 identity = body.get("User-Id") or None if self.secure else None
@@ -373,7 +356,11 @@ class Broker:
             clients: dict[Peer, list[dict]] = {}
             for item in pending:
                 if isinstance(item, Publish):
-                    rooms.setdefault(item.topic, (item.room, []))[1].append(item.body)
+                    # (setdefault would build a tuple and a list for every event)
+                    entry = rooms.get(item.topic)
+                    if entry is None:
+                        entry = rooms[item.topic] = (item.room, [])
+                    entry[1].append(item.body)
                 else:
                     clients.setdefault(item.peer, []).append(item.body)
             pending = []
@@ -399,7 +386,7 @@ class Broker:
                         self.router.send(peer, _MORE)
                         self.router.send(frame, _NOW)
                         self.chat.counters.frames_out += 1
-                        reason = self._queued.sent(peer, self._fd(peer), len(frame))
+                        reason = self._queued.sent(peer, self.conns.fd_of(peer), len(frame))
                     except zmq.ZMQError as exc:
                         # EHOSTUNREACH: the peer is gone. EAGAIN: its queue is full because
                         # it stopped reading; waiting would stall every other client: end it.
@@ -407,7 +394,7 @@ class Broker:
                                   else "not reading")
                     if reason is not None:
                         if reason != "unreachable":  # what is queued goes with it
-                            self.conns.cut(self._fd(peer), reason)
+                            self.conns.cut(self.conns.fd_of(peer), reason)
                         self._queued.forget(peer)
                         if peer in self.chat.sessions:
                             pending += self._commit(self.chat.gone(peer, reason), [])

@@ -38,7 +38,7 @@ import zmq
 from broker.auth import CHAT, ZAP_ENDPOINT, answer
 from broker.guard import Connections, raise_fd_limit
 from broker.publisher import Publisher
-from broker.server import MANY_FRAMES, PUBLISHER_QUEUE, ROUTER_QUEUE, STALL, Queued, tune
+from broker.server import PUBLISHER_QUEUE, ROUTER_QUEUE, STALL, Queued, tune
 from schema import ProtocolError, decode, error, keys, pack
 from schema import edge as E
 from schema import protocol as P
@@ -80,7 +80,6 @@ class Edge:
         self.conns.watch(self.router, "router")
         publisher_conns = Connections(limit=limit)
         publisher_conns.watch(publisher, "publisher")
-        self._fd_of: dict[bytes, tuple[int, object]] = {}
         # (-1, a connection not known for sure, is no descriptor to ask: guard.acked would
         # raise for it, and a client that came back on a new connection under the same
         # routing id, its reply still on its way from the core, would crash the edge.)
@@ -244,14 +243,9 @@ class Edge:
             body = recv(_NOW, copy=False)
             fd = body.get(_SRCFD)
             self.conns.seen(fd)
-            self._fd_of[client] = (fd, self.conns.get(fd))
-            if body.more:  # a request is one frame; more is no mistake but an attack
-                frames = 1
-                while self.router.get(zmq.RCVMORE):
-                    recv(_NOW)
-                    frames += 1
-                if frames > MANY_FRAMES:
-                    self.conns.cut(fd, f"a request of {frames} frames")
+            self.conns.came_from(client, fd)
+            if body.more:  # a request is one frame
+                self.conns.drop_rest(self.router, fd)
                 self._answer(client, self.clients.refuse(client, ProtocolError(
                     "malformed", "A request is exactly one frame"), now))
                 continue
@@ -285,23 +279,19 @@ class Edge:
         try:
             self.router.send(client, _MORE)
             self.router.send(frame, _NOW)
-            reason = self._queued.sent(client, self._fd(client), len(frame))
+            reason = self._queued.sent(client, self.conns.fd_of(client), len(frame))
         except zmq.ZMQError as exc:
             reason = "unreachable" if exc.errno == errno.EHOSTUNREACH else "not reading"
         if reason is not None:
             if reason != "unreachable":
-                self.conns.cut(self._fd(client), reason)
+                self.conns.cut(self.conns.fd_of(client), reason)
             self._lost(client, reason)
-
-    def _fd(self, client: bytes) -> int:
-        fd, conn = self._fd_of.get(client, (-1, None))
-        return fd if conn is not None and self.conns.get(fd) is conn else -1
 
     def _lost(self, client: bytes, reason: str) -> None:
         """The client is gone: forget it, and tell the core (its session ends)."""
         self.clients.forget(client)
         self._queued.forget(client)
-        self._fd_of.pop(client, None)
+        self.conns.forget_peer(client)
         self._gone += (client, reason.encode())
 
     def _unrelayed(self, client: bytes) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -44,6 +45,15 @@ def broker(tmp_path, request: pytest.FixtureRequest) -> Iterator[Broker]:
     else:
         b = start_broker(str(tmp_path / "zchat.db"), *extra)
     yield b
+    b.stop()
+
+
+@pytest.fixture
+def core(tmp_path) -> Iterator[Broker]:
+    """A broker that takes edges (``--edge-bind``): the core of the edge tests."""
+    b = start_broker(str(tmp_path / "zchat.db"), "--edge-bind", "tcp://127.0.0.1:*")
+    yield b
+    b.proc.send_signal(signal.SIGCONT)  # (if a test stopped it)
     b.stop()
 
 

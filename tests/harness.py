@@ -144,17 +144,8 @@ def start_broker(db: str, *extra: str, router: str = "tcp://127.0.0.1:*",
         import resource
         resource.setrlimit(resource.RLIMIT_NOFILE, (descriptors, descriptors))
 
-    proc = subprocess.Popen([sys.executable, "-m", "broker", *args], cwd=ROOT, env=_env(),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE,
-                            preexec_fn=limit if descriptors is not None else None)
-    log = Lines(proc.stderr)
-    try:
-        ready = READY.search(log.wait_for(READY.search, timeout))
-    except AssertionError:
-        proc.kill()
-        raise
-    assert ready
+    proc, log, ready = _spawn("broker", args, READY, timeout,
+                              preexec=limit if descriptors is not None else None)
     return Broker(proc, log, ready[1], ready[2], ready[3], db, args)
 
 
@@ -324,17 +315,26 @@ def start_gateway(broker: Broker, *extra: str, timeout: float = 10.0) -> Gateway
     """A gateway to ``broker`` on a free loopback port (the broker's keys, or plaintext)."""
     args = ["--server", broker.router, "--listen", "127.0.0.1:0", *extra]
     args += ["--insecure"] if broker.keys_dir is None else ["--keys", broker.keys_dir]
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", *args], cwd=ROOT, env=_env(),
+    proc, log, ready = _spawn("gateway", args, GATEWAY_READY, timeout)
+    return Gateway(proc, log, ready[1], int(ready[2]))
+
+
+def _spawn(module: str, args: list[str], ready: re.Pattern[str], timeout: float, *,
+           preexec: Callable[[], None] | None = None
+           ) -> tuple[subprocess.Popen, Lines, re.Match[str]]:
+    """``python -m module args``, once its log says it is ready (killed if it does not
+    within ``timeout``): the process, its log, and the ready line's match."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=_env(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=preexec)
     log = Lines(proc.stderr)
     try:
-        ready = GATEWAY_READY.search(log.wait_for(GATEWAY_READY.search, timeout))
+        found = ready.search(log.wait_for(ready.search, timeout))
     except AssertionError:
         proc.kill()
         raise
-    assert ready
-    return Gateway(proc, log, ready[1], int(ready[2]))
+    assert found
+    return proc, log, found
 
 
 # --- edges ----------------------------------------------------------------------------------
@@ -370,16 +370,7 @@ def start_edge(core: str, keys_dir: str | None, *extra: str, router: str = "tcp:
     free loopback ports, with the core's key directory (None: plaintext)."""
     args = ["--core", core, "--bind", router, "--pub-bind", pub, *extra]
     args += ["--insecure"] if keys_dir is None else ["--keys", keys_dir]
-    proc = subprocess.Popen([sys.executable, "-m", "edge", *args], cwd=ROOT, env=_env(),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    log = Lines(proc.stderr)
-    try:
-        ready = EDGE_READY.search(log.wait_for(EDGE_READY.search, timeout))
-    except AssertionError:
-        proc.kill()
-        raise
-    assert ready
+    proc, log, ready = _spawn("edge", args, EDGE_READY, timeout)
     return Edge(proc, log, ready[1], ready[2])
 
 
@@ -555,6 +546,7 @@ class RawIrc:
 # --- cores on a shared PostgreSQL store ------------------------------------------------------
 
 STANDBY = "Standby:"  # how a core waiting for the store's lock says so
+SERVING_OR_STANDBY = re.compile(f"{READY.pattern}|{re.escape(STANDBY)}")
 
 
 @dataclass
@@ -574,15 +566,7 @@ def start_core(dsn: str, keys_dir: str, *extra: str, at: Addresses | None = None
     at = at or Addresses()
     args = ["--bind", at.router, "--pub-bind", at.pub, "--control-bind", at.control,
             "--store", dsn, "--keys", keys_dir, *extra]
-    proc = subprocess.Popen([sys.executable, "-m", "broker", *args], cwd=ROOT, env=_env(),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    log = Lines(proc.stderr)
-    try:
-        log.wait_for(lambda line: bool(READY.search(line)) or STANDBY in line, timeout)
-    except AssertionError:
-        proc.kill()
-        raise
+    proc, log, _ = _spawn("broker", args, SERVING_OR_STANDBY, timeout)
     return Broker(proc, log, at.router, at.pub, at.control, dsn, args)
 
 

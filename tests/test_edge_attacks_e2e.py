@@ -47,14 +47,6 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def core(tmp_path) -> Iterator[Broker]:
-    b = start_broker(str(tmp_path / "zchat.db"), "--edge-bind", "tcp://127.0.0.1:*")
-    yield b
-    b.proc.send_signal(signal.SIGCONT)  # (if a test stopped it)
-    b.stop()
-
-
-@pytest.fixture
 def edge(core) -> Iterator[Edge]:
     e = start_edge(edge_address(core), core.keys_dir)
     yield e

@@ -44,11 +44,13 @@ from .test_security_e2e import FAILED, SUCCEEDED, Peer, handshake_outcome, watch
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def core(tmp_path) -> Iterator[Broker]:
-    b = start_broker(str(tmp_path / "zchat.db"), "--edge-bind", "tcp://127.0.0.1:*")
-    yield b
-    b.stop()
+def share_room(owner: Client, *members: Client, room: str = "den") -> None:
+    """``owner`` creates the room and every member joins it, each answered."""
+    owner.send(f"/create {room}")
+    owner.event("reply", cmd="create", timeout=10)
+    for member in members:
+        member.send(f"/join {room}")
+        member.event("reply", cmd="join", timeout=10)
 
 
 @pytest.fixture
@@ -74,11 +76,7 @@ def test_clients_on_two_edges_and_on_the_core_share_rooms_messages_and_history(
     try:
         for c in (alice, bob, carol):
             c.event("reply", cmd="login", timeout=10)
-        alice.send("/create den")
-        alice.event("reply", cmd="create")
-        for c in (bob, carol):
-            c.send("/join den")
-            c.event("reply", cmd="join")
+        share_room(alice, bob, carol)
         for who, c in (("alice", alice), ("bob", bob), ("carol", carol)):
             c.send(f"hello from {who}")
         for c in (alice, bob, carol):
@@ -211,10 +209,7 @@ def test_a_client_that_vanishes_behind_an_edge_is_timed_out_by_the_edge(core, ed
     alice = Client(e1.router, "--name", "alice")
     ghost = Client(e1.router, "--name", "ghost")
     try:
-        alice.send("/create den")
-        alice.event("reply", cmd="create", timeout=10)
-        ghost.send("/join den")
-        ghost.event("reply", cmd="join", timeout=10)
+        share_room(alice, ghost)
         alice.event("join", name="ghost")
         ghost.proc.kill()  # no bye: only its silence tells
         left = alice.event("leave", name="ghost", timeout=P.PEER_TIMEOUT + 6)
@@ -240,11 +235,7 @@ def test_kill_9_of_an_edge_its_clients_move_to_another_and_catch_up_gap_free(
             client.send(f"line {n}")
 
     try:
-        everyone[0].send("/create den")
-        everyone[0].event("reply", cmd="create", timeout=10)
-        for c in everyone[1:]:
-            c.send("/join den")
-            c.event("reply", cmd="join", timeout=10)
+        share_room(*everyone)
         say(40, 0)
         everyone[0].event("reply", cmd="say", timeout=10)  # killed mid-stream
         e1.proc.kill()
@@ -370,10 +361,7 @@ def test_a_dropped_link_between_edge_and_core_loses_nothing_acknowledged(core):
     alice = Client(edge.router, "--name", "alice")
     bob = Client(core.router, "--name", "bob")
     try:
-        alice.send("/create den")
-        alice.event("reply", cmd="create", timeout=10)
-        bob.send("/join den")
-        bob.event("reply", cmd="join", timeout=10)
+        share_room(alice, bob)
         alice.send("before")
         alice.event("reply", cmd="say", text="before", timeout=10)
         proxy.dropping.set()
