@@ -46,7 +46,7 @@ class Edges:
         self.heard: dict[bytes, float] = {}  # edge -> when it was last heard
         self.frames_in = 0
         self._new: list[bytes] = []  # edges first heard this turn: told every live topic
-        self._hellos: list[bytes] = []  # edges whose hello this turn answers
+        self._hellos: dict[bytes, int] = {}  # edges whose hello this turn answers: its mark
         self._resets: dict[bytes, int] = {}  # edge -> the link drops it has told of
         # edge -> [its connection's fd and identity, bytes handed it since the base, the
         # kernel's acknowledged count at the base]: what it has not read (EDGE_QUEUE_BYTES)
@@ -83,9 +83,11 @@ class Edges:
                 for k in range(0, len(rest), 2):
                     out += self.chat.gone((edge, rest[k]), rest[k + 1].decode(errors="replace"))
             elif kind == E.HELLO:
-                out += self._reset(edge, rest)
+                info = _hello_info(rest)
+                out += self._reset(edge, info.get("reset", 0))
                 out += self._reading(edge, parts[-1].get(_SRCFD))
-                self._hellos.append(edge)
+                mark = info.get("mark", 0)
+                self._hellos[edge] = mark if isinstance(mark, int) else 0
             else:
                 log.warning("Edge %s: dropped a link message of kind %r", edge.hex(), kind)
         return out
@@ -106,14 +108,9 @@ class Edges:
                 out += refuse(peer, None, ProtocolError("malformed", "Not UTF-8"))
         return out
 
-    def _reset(self, edge: bytes, rest: Sequence[bytes]) -> list[Delivery]:
+    def _reset(self, edge: bytes, reset: object) -> list[Delivery]:
         """A hello telling of a new drop of the edge's link: what was on the link is
         lost, so the sessions through it end and the edge is greeted anew."""
-        try:
-            info = unpack(rest[0]) if rest else {}
-            reset = info.get("reset", 0) if isinstance(info, dict) else 0
-        except ProtocolError:
-            reset = 0
         if not isinstance(reset, int) or reset <= self._resets.get(edge, 0):
             return []
         self._resets[edge] = reset
@@ -192,11 +189,11 @@ class Edges:
         for edge, clients in by_edge.items():
             if edge in self.heard and not self._send(edge, [E.ENDED, *clients]):
                 failed.append(edge)
-        hellos, self._hellos = self._hellos, []
-        alive = [E.ALIVE, self.chat.incarnation.encode()]
-        for edge in hellos:
+        hellos, self._hellos = self._hellos, {}
+        incarnation = self.chat.incarnation.encode()
+        for edge, mark in hellos.items():
             if edge in self.heard:
-                self._send(edge, alive)
+                self._send(edge, [E.ALIVE, incarnation, b"%d" % mark])
         return failed
 
     def room(self, edges: Iterable[bytes], topic: bytes, frame: bytes) -> int:
@@ -224,6 +221,16 @@ class Edges:
             if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
                 raise
             return False
+
+
+def _hello_info(rest: Sequence[bytes]) -> dict:
+    """A hello's info map; empty if it has none or it is not one (an edge's word is
+    trusted, its bytes are still checked)."""
+    try:
+        info = unpack(rest[0]) if rest else {}
+    except ProtocolError:
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def _cut(fd: int, identity: object) -> None:

@@ -31,7 +31,6 @@ import errno
 import logging
 import math
 import time
-from collections import deque
 
 import zmq
 
@@ -122,10 +121,9 @@ class Edge:
         self._batch: list[bytes] = []  # this turn's requests for the core
         self._batch_bytes = 0
         self._gone: list[bytes] = []  # and the clients lost
-        # Bytes relayed to the core so far; at each HELLO sent, that count; and what the
-        # core is known to have read: the count at the last HELLO it answered (ALIVE).
+        # Bytes relayed to the core so far; that count at the last HELLO sent (its mark);
+        # and what the core is known to have read: the mark its last ALIVE echoed.
         self._relayed = self._read = self._marked = 0
-        self._marks: deque[int] = deque(maxlen=256)
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -187,6 +185,8 @@ class Edge:
                 self.clients.pardon(now - mark - wait)
             self.conns.drain()
             self.conns.check()
+            for client in self.conns.stalled_peers():
+                self._lost(client, "not reading")
             if self.zap in ready:
                 self._answer_zap()
             if self.router in ready:
@@ -208,12 +208,12 @@ class Edge:
             # A HELLO each heartbeat, and after each eighth of LINK_BYTES relayed: its
             # answer tells how much of what waits on the link the core has read.
             if now >= next_hello or self._relayed - self._marked > E.LINK_BYTES // 8:
-                hello = [E.HELLO, pack({"pub": self.endpoints["pub"], "reset": self._reset})]
+                hello = [E.HELLO, pack({"pub": self.endpoints["pub"], "reset": self._reset,
+                                        "mark": self._relayed})]
                 for sock in self.cores:  # a core in waiting greets us once it serves
                     if sock is not self.core:
                         _send(sock, hello)
                 if self._to_core(hello):
-                    self._marks.append(self._relayed)
                     self._marked = self._relayed
                     next_hello = now + E.HEARTBEAT
                 else:  # no core connected yet: as soon as one is
@@ -333,7 +333,6 @@ class Edge:
                     self.clients.sessions_ended()
                     # What went to a core before it knew this edge is not waited for
                     # (a killed core's is gone): count from here.
-                    self._marks.clear()
                     self._read = self._relayed
                 for topic, live in pairs:
                     if live:
@@ -344,8 +343,10 @@ class Edge:
                 for client in rest:
                     self.clients.session_ended(client)
             elif kind == E.ALIVE and rest:
-                if self._marks:  # it read all that went before the HELLO it answers
-                    self._read = self._marks.popleft()
+                # It read all that went before the HELLO it answers, whose mark it
+                # echoes (an older core's, or one from before a drop, moves nothing).
+                if len(rest) > 1 and rest[1].isdigit():
+                    self._read = min(self._relayed, max(self._read, int(rest[1])))
                 incarnation = rest[0].decode(errors="replace")
                 if incarnation != self.incarnation:
                     log.info("Core incarnation %s", incarnation)
@@ -357,7 +358,6 @@ class Edge:
             if sock is self.core:
                 log.warning("The link to the core dropped: its clients' sessions end")
                 self.clients.sessions_ended()
-                self._marks.clear()
                 self._read = self._relayed
                 self._reset += 1
 

@@ -8,11 +8,12 @@ message is a multipart message whose first frame is its kind:
 
 Edge to core
     ``HELLO  info``                  every HEARTBEAT s, and after each LINK_BYTES / 8
-                                     relayed; msgpack ``{"pub": address, "reset": n}``
-                                     (n: drops of the link so far; a new n makes the
-                                     core end the edge's sessions and greet it anew). Its ALIVE
-                                     tells the edge that the core has read all it sent
-                                     before it (the edge bounds the rest: LINK_BYTES).
+                                     relayed; msgpack ``{"pub": address, "reset": n,
+                                     "mark": m}`` (n: drops of the link so far; a new n
+                                     makes the core end the edge's sessions and greet it
+                                     anew; m: request bytes relayed before this hello).
+                                     Its ALIVE echoes m: the core has read all the edge
+                                     sent before it (the edge bounds the rest: LINK_BYTES).
                                      The first one (or any message from an edge the core
                                      does not know) makes the core send TOPICS first.
     ``REQUEST (client, key, address, body)...``
@@ -31,7 +32,7 @@ Core to edge
     ``SEND   (client, frame)...``    the turn's frames for clients on this edge, in order.
     ``ROOM   topic frame``           one room frame of the turn, once per edge that has
                                      members in the room; the edge publishes it.
-    ``ALIVE  incarnation``           the answer to a HELLO.
+    ``ALIVE  incarnation mark``      the answer to a HELLO, echoing its mark (decimal).
     ``ENDED  client...``             clients on this edge whose sessions the core ended
                                      (kicked, replaced, moved, not reading...): their
                                      pings are answered ``no_session`` from then on.

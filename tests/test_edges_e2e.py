@@ -113,9 +113,11 @@ class FakeEdge:
                           keys.load(directory / "edge.key_secret"))
         self.sock.connect(edge_address(core))
         self.unread: list[list[bytes]] = []
-        self.send(E.HELLO, pack({"pub": "tcp://127.0.0.1:1"}))
+        self.send(E.HELLO, pack({"pub": "tcp://127.0.0.1:1", "mark": 4242}))
         first = self.next()
         assert first[:2] == [E.TOPICS, E.ALL], first  # the topics come before anything
+        alive = self.next()  # and the answer echoes the hello's mark: read up to there
+        assert alive[0] == E.ALIVE and alive[2:] == [b"4242"], alive
 
     def send(self, *frames: bytes) -> None:
         self.sock.send_multipart(list(frames))
