@@ -70,13 +70,16 @@ class Clients:
         state = self.known.get(client)
         if state is None:
             state = self.known[client] = Client(now, self.burst, now)
-        state.last_seen = now
         if body == _PING:
+            state.last_seen = now
             return self._ping(state, 0, now, core_alive)
         try:
             request = decode(body)
         except ProtocolError as err:
+            # Not a request: refused and charged, and no sign of life (as on the core,
+            # where only requests keep a session): junk cannot keep a client alive.
             return Answer(self._refused(state, err.rid, err, now))
+        state.last_seen = now
         if request.cmd == "ping":
             return self._ping(state, request.id, now, core_alive)
         if not self._take(state, now):
@@ -106,7 +109,6 @@ class Clients:
         state = self.known.get(client)
         if state is None:
             state = self.known[client] = Client(now, self.burst, now)
-        state.last_seen = now
         return Answer(self._refused(state, None, err, now))
 
     def hello_refused(self, client: bytes, rid: int) -> None:

@@ -233,6 +233,19 @@ def test_silent_clients_are_forgotten_and_named_once():
     assert clients.silent(now=12.0) == []
 
 
+def test_junk_is_no_sign_of_life_only_requests_are():
+    # As on the core, where a refused frame keeps no session: a client sending nothing
+    # but junk (or multi-frame messages) is timed out like a silent one.
+    clients = Clients(timeout=4.0, rate=0)
+    clients.request(b"junk", frame("ping", 0), now=0.0, core_alive=True)
+    clients.request(b"live", frame("ping", 0), now=0.0, core_alive=True)
+    for t in (1.0, 2.0, 3.0, 4.5):
+        assert isinstance(clients.request(b"junk", b"\xc1", now=t, core_alive=True), Answer)
+        clients.refuse(b"junk", P.ProtocolError("malformed"), now=t)
+    clients.request(b"live", frame("say", 1, room="r", text="x"), now=3.0, core_alive=True)
+    assert clients.silent(now=4.6) == [b"junk"]
+
+
 @pytest.mark.parametrize("cmd", ["hello", "say"])
 def test_a_garbled_request_never_reaches_the_core(cmd):
     clients = Clients()
