@@ -302,6 +302,7 @@ class Connections:
         # routing id -> the connection (fd, and our record of it) it last came on: the
         # number alone may have gone to someone else since (a handover, a close)
         self._peers: dict[bytes, tuple[int, Connection | None]] = {}
+        self._stalled: list[Connection] = []  # cut for not reading, not yet asked about
 
     # -- learning -----------------------------------------------------------------------
 
@@ -431,6 +432,16 @@ class Connections:
 
     def forget_peer(self, peer: bytes) -> None:
         self._peers.pop(peer, None)
+
+    def stalled_peers(self) -> list[bytes]:
+        """The peers on connections the check cut since the last call because they read
+        nothing for ``stall`` seconds: their sessions end (``"not reading"``), as when
+        their queue fills, rather than lingering until they fall silent, or for ever if
+        they do not (their pings still come in)."""
+        if not self._stalled:
+            return []
+        stalled, self._stalled = {id(c) for c in self._stalled}, []
+        return [p for p, (_, conn) in self._peers.items() if id(conn) in stalled]
 
     def keep_peers(self, keep: Container[bytes], slack: int) -> None:
         """Forget the peers not in ``keep``, once more than ``slack`` are known past it."""
@@ -592,7 +603,10 @@ class Connections:
             conn.mark_time, conn.mark_received = now, got
         if notsent and acked_ == conn.acked:
             if now - conn.acked_time >= self.stall:
-                return int(self.cut(conn.fd, "not reading"))
+                if not self.cut(conn.fd, "not reading"):
+                    return 0
+                self._stalled.append(conn)
+                return 1
         else:
             conn.acked, conn.acked_time = acked_, now
         return 0

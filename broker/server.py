@@ -186,6 +186,9 @@ class Broker:
             control_replies: list[tuple[list[bytes], dict]] = []
             self.conns.drain()
             self.conns.check()
+            for peer in self.conns.stalled_peers():
+                self._queued.forget(peer)
+                out += self.chat.gone(peer, "not reading")
             if self.zap in ready:
                 self._answer_zap()
             if self.router in ready:

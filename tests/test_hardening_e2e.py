@@ -375,6 +375,44 @@ def test_a_client_that_never_reads_is_bounded_in_bytes_and_cut(broker, zctx):
     assert writer.ok("say", room="big", text="the others are served")
 
 
+def test_a_client_that_pings_but_never_reads_loses_its_session_when_cut(broker, zctx):
+    """Its queue never fills (a few frames), but nothing it is sent is acknowledged: the
+    guard cuts it after 10 s, and its session ends then, "not reading". Before, libzmq
+    redialled under its routing id, its pings kept the session (and the name) for ever."""
+    writer = Bare(zctx, broker)
+    writer.ok("login", name="writer")
+    writer.ok("create", room="big")
+    for _ in range(4):
+        writer.ok("say", room="big", text="x" * 65_000)
+    hog = zctx.socket(zmq.DEALER)
+    hog.setsockopt(zmq.LINGER, 0)
+    hog.setsockopt(zmq.RCVHWM, 1)
+    hog.setsockopt(zmq.RCVBUF, 4096)
+    keys.curve_client(hog, keys.load(Path(broker.keys_dir) / "broker.key").public)
+    hog.connect(broker.router)
+    for rid, cmd, fields in ((1, "hello", {"version": P.PROTOCOL_VERSION}),
+                             (2, "login", {"name": "hog"}), (3, "join", {"room": "big"}),
+                             *((4 + i, "history", {"room": "big", "limit": 4})
+                               for i in range(4))):  # ~1 MB: far below every queue bound
+        hog.send(pack({"id": rid, "cmd": cmd, **fields}))
+    ping = pack({"id": 0, "cmd": "ping"})
+    deadline = time.monotonic() + 25
+    while True:  # it pings on, four times a second, and reads nothing
+        assert time.monotonic() < deadline, "never cut"
+        try:
+            hog.send(ping, zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        try:
+            broker.log.wait_for("to router: not reading", timeout=0.25)
+            break
+        except AssertionError:
+            pass
+    newcomer = Bare(zctx, broker)
+    assert newcomer.ok("login", name="hog")  # the name is free: no session holds it
+    assert newcomer.ok("join", room="big")["ok"]
+
+
 @pytest.mark.broker_args("--delivery-burst", "180000", "--delivery-rate", "60000")
 def test_a_request_is_charged_by_what_it_costs_to_deliver(broker, zctx):
     sender = Bare(zctx, broker)
