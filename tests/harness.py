@@ -27,6 +27,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WAIT = 5.0
+# A process's start (imports, binds, a core's first greeting) waits on its ready line: long
+# enough for a machine loaded far past its cores, and free when it is not.
+START_WAIT = 30.0
 
 
 def _env() -> dict[str, str]:
@@ -130,7 +133,7 @@ READY = re.compile(r"zchat broker ready: router=(\S+) pub=(\S+) control=(\S+)")
 
 def start_broker(db: str, *extra: str, router: str = "tcp://127.0.0.1:*",
                  pub: str = "tcp://127.0.0.1:*", control: str = "tcp://127.0.0.1:*",
-                 timeout: float = 10.0, descriptors: int | None = None) -> Broker:
+                 timeout: float = START_WAIT, descriptors: int | None = None) -> Broker:
     """``descriptors``: the broker's hard limit of open files (as a small machine has)."""
     args = ["--bind", router, "--pub-bind", pub, "--control-bind", control, "--db", db,
             *extra]
@@ -311,7 +314,7 @@ class Gateway:
         return stop_process(self.proc, sig, timeout)
 
 
-def start_gateway(broker: Broker, *extra: str, timeout: float = 10.0) -> Gateway:
+def start_gateway(broker: Broker, *extra: str, timeout: float = START_WAIT) -> Gateway:
     """A gateway to ``broker`` on a free loopback port (the broker's keys, or plaintext)."""
     args = ["--server", broker.router, "--listen", "127.0.0.1:0", *extra]
     args += ["--insecure"] if broker.keys_dir is None else ["--keys", broker.keys_dir]
@@ -365,7 +368,7 @@ def edge_address(broker: Broker) -> str:
 
 
 def start_edge(core: str, keys_dir: str | None, *extra: str, router: str = "tcp://127.0.0.1:*",
-               pub: str = "tcp://127.0.0.1:*", timeout: float = 10.0) -> Edge:
+               pub: str = "tcp://127.0.0.1:*", timeout: float = START_WAIT) -> Edge:
     """An edge for the core(s) at ``core`` (their edge addresses, comma-separated), on
     free loopback ports, with the core's key directory (None: plaintext)."""
     args = ["--core", core, "--bind", router, "--pub-bind", pub, *extra]

@@ -96,11 +96,16 @@ def test_chaos_two_broker_kills_lose_nothing_and_duplicate_nothing(broker, clien
             broker = restart(broker)
             for c, _ in people:
                 c.event("resumed", timeout=15)
-    # A last word per room, seen by every member, proves everyone caught up.
+    # A last word from everyone, each heard by every member of the room: a client's lines
+    # go out (and are retried) in order, so its last word stored means all its lines
+    # before were handled (under load, one member's last word can come before another's
+    # lines); and everyone caught up.
+    for i, (c, room) in enumerate(people):
+        c.send(f"end {i} of {room}")
     for room, members in rooms.items():
-        members[0].send(f"end of {room}")
+        last_words = {f"end {i} of {r}" for i, (_, r) in enumerate(people) if r == room}
         for c in members:
-            c.event("msg", room=room, text=f"end of {room}", timeout=15)
+            hears_all(c, room, last_words)
     texts = {room: [e.get("text") for e in stored(broker.db, room) if e["ev"] == "msg"]
              for room in rooms}
     for n in range(total):
@@ -284,3 +289,18 @@ def test_after_a_restart_a_member_of_many_rooms_is_not_cut_for_its_old_topics(br
         assert cuts == [], cuts
     finally:
         restarted.stop()
+
+
+def hears_all(client, room: str, texts: set[str], timeout: float = 15) -> None:
+    """Wait until ``client`` has heard each of these texts in ``room``, in any order."""
+    want = set(texts)
+
+    def heard(line: str) -> bool:
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            return False
+        if ev.get("event") == "msg" and ev.get("room") == room:
+            want.discard(ev.get("text"))
+        return not want
+    client.line(heard, timeout)
