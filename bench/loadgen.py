@@ -43,8 +43,9 @@ from .plan import ClientSpec
 from .stats import bucket
 
 HEARTBEAT_NS = int(P.HEARTBEAT_INTERVAL * 1e9)
-# Clients of one process connecting at once: the broker's listen backlog is 100, and a
-# connection beyond it waits for a SYN retransmission (1 s, 3 s, 7 s...).
+# Clients of one process connecting at once, per listener (the broker, or each edge): its
+# listen backlog is 100, and a connection beyond it waits for a SYN retransmission (1 s,
+# 3 s, 7 s...). Behind K edges the connections spread over K listeners: K times as many.
 HANDSHAKES_AT_ONCE = 20
 IDLE_TICK_MS = 10.0
 HELLO_RETRY_NS = 5_000_000_000  # no answer to hello+login this long: ask again
@@ -159,6 +160,7 @@ class Worker:
         self.stuck_deliveries = 0
         self.to_start: deque[Client] = deque()
         self.handshakes: dict[Client, int] = {}  # not logged in yet -> when last asked
+        self.handshakes_at_once = HANDSHAKES_AT_ONCE * len(cfg.server.split(","))
         self.idle_ring: deque[Client] = deque()
         self.next_active_check = 0
         # local receivers of each room sender, for closed-loop flow control
@@ -254,7 +256,8 @@ class Worker:
     def check_phase(self) -> None:
         done = False
         if self.phase == "connect":
-            done = not self.to_start and all(c.logged_in for c in self.clients)
+            done = not self.to_start and all(c.logged_in and not c.lost_session
+                                             for c in self.clients)
         elif self.phase == "create":
             done = all(r in c.views for c in self.active for r in c.spec.creates)
         elif self.phase == "join":
@@ -267,7 +270,7 @@ class Worker:
     # -- sockets --------------------------------------------------------------------------
 
     def start_clients(self) -> None:
-        while self.to_start and len(self.handshakes) < HANDSHAKES_AT_ONCE:
+        while self.to_start and len(self.handshakes) < self.handshakes_at_once:
             c = self.to_start.popleft()
             self.open(c)
             self.handshakes[c] = time.monotonic_ns()
@@ -429,6 +432,8 @@ class Worker:
         if not c.lost_session:
             c.lost_session = True
             self.expired += 1
+            if c.logged_in:  # the count is of sessions held now, not of logins ever
+                self.logged_in -= 1
 
     def room_event(self, c: Client, ev: dict[str, Any]) -> None:
         view = c.views.get(ev.get("room"))  # type: ignore[arg-type]
