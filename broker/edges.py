@@ -49,8 +49,11 @@ class Edges:
         self._hellos: dict[bytes, int] = {}  # edges whose hello this turn answers: its mark
         self._resets: dict[bytes, int] = {}  # edge -> the link drops it has told of
         # edge -> [its connection's fd and identity, bytes handed it since the base, the
-        # kernel's acknowledged count at the base]: what it has not read (EDGE_QUEUE_BYTES)
+        # kernel's acknowledged count at the base, when that was]: what it has not read
+        # (EDGE_QUEUE_BYTES), looked at with each of its hellos, and as frames go to it
+        # once past the bound (a frozen edge sends no hellos)
         self._queued: dict[bytes, list] = {}
+        self._behind: list[bytes] = []  # edges that could not take a room frame this turn
 
     def __bool__(self) -> bool:
         return bool(self.heard)
@@ -126,22 +129,30 @@ class Edges:
         cut, if it holds EDGE_QUEUE_BYTES unacknowledged and acknowledged nothing since."""
         track = self._queued.get(edge)
         if track is None or track[0] != (fd, guard.identity(fd)):
-            self._queued[edge] = [(fd, guard.identity(fd)), 0, guard.acked(fd) or 0]
+            self._queued[edge] = [(fd, guard.identity(fd)), 0, guard.acked(fd) or 0,
+                                  self.clock()]
             return []
-        acked = guard.acked(fd)
+        if self._keeping_up(edge, track):
+            return []
+        return self.lose(edge, "its edge is not reading")
+
+    def _keeping_up(self, edge: bytes, track: list) -> bool:
+        """Has the edge read what it was handed, give or take EDGE_QUEUE_BYTES (or four
+        times that while it reads at all)? If not, its connection is cut (which frees
+        what libzmq held for it) and it is to be lost."""
+        acked = guard.acked(track[0][0])
         if acked is None:  # not TCP (ipc): libzmq's message bound is all there is
             track[1] = 0
-            return []
+            return True
         unread = track[1] - (acked - track[2])
-        # Past the bound while it still reads (slowly), up to four times it.
         if unread <= E.EDGE_QUEUE_BYTES or (acked > track[2]
                                             and unread <= 4 * E.EDGE_QUEUE_BYTES):
-            track[1], track[2] = max(0, unread), acked
-            return []
+            track[1], track[2], track[3] = max(0, unread), acked, self.clock()
+            return True
         log.warning("Edge %s is not reading (%d MiB unread): cut", edge.hex(), unread >> 20)
-        out = self.lose(edge, "its edge is not reading")
-        _cut(fd, track[0][1])
-        return out
+        _cut(*track[0])
+        del self._queued[edge]
+        return False
 
     def expire(self) -> list[Delivery]:
         """Edges silent too long are lost, and the sessions they held end."""
@@ -197,12 +208,22 @@ class Edges:
         return failed
 
     def room(self, edges: Iterable[bytes], topic: bytes, frame: bytes) -> int:
-        """A room frame to each of these edges; how many took it."""
+        """A room frame to each of these edges; how many took it (those that could not
+        are ``behind``)."""
         sent = 0
         for edge in edges:
             if edge in self.heard:
-                sent += self._send(edge, [E.ROOM, topic, frame])
+                if self._send(edge, [E.ROOM, topic, frame]):
+                    sent += 1
+                elif edge not in self._behind:
+                    self._behind.append(edge)
         return sent
+
+    def behind(self) -> list[bytes]:
+        """The edges that could not take a room frame since the last call: their members
+        would miss events, so they are to be lost (their clients resume elsewhere)."""
+        behind, self._behind = self._behind, []
+        return [e for e in behind if e in self.heard]
 
     def send(self, edge: bytes, frames: list[bytes]) -> bool:
         """A turn's frames for clients on one edge: ``[client, frame, client, frame...]``.
@@ -213,14 +234,20 @@ class Edges:
         try:
             self.sock.send(edge, _MORE)
             self.sock.send_multipart(message, _NOW)
-            track = self._queued.get(edge)
-            if track is not None:
-                track[1] += sum(map(len, message))
-            return True
         except zmq.ZMQError as exc:
             if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
                 raise
             return False
+        track = self._queued.get(edge)
+        if track is not None:
+            track[1] += sum(map(len, message))
+            # Past the bound: looked at again once a heartbeat (as at its hellos, which a
+            # frozen edge does not send), or at once past four times the bound.
+            if track[1] > E.EDGE_QUEUE_BYTES and (
+                    track[1] > 4 * E.EDGE_QUEUE_BYTES
+                    or self.clock() - track[3] >= E.HEARTBEAT):
+                return self._keeping_up(edge, track)
+        return True
 
 
 def _hello_info(rest: Sequence[bytes]) -> dict:

@@ -408,6 +408,8 @@ class Broker:
                     self.chat.counters.frames_out += len(frames) // 2
                 else:  # gone, or so far behind that its queue is full: its clients resume
                     pending += self._commit(edges.lose(edge, "its edge is not reading"), [])
+            for edge in edges.behind() if edges is not None else ():
+                pending += self._commit(edges.lose(edge, "its edge is not reading"), [])
 
     def _farewell(self) -> None:
         if self.fenced is None:

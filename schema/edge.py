@@ -63,7 +63,8 @@ REQUESTS_PER_TURN = 2048
 # cannot send to its core ends the sessions of the requests it cannot relay.
 LINK_QUEUE = 10_000
 # Bytes the core has handed an edge that the edge's kernel has not acknowledged (TCP_INFO,
-# looked at with each of its hellos): past it, with nothing acknowledged since the last
+# looked at with each of its hellos, and once a heartbeat while frames go to it past the
+# bound, for an edge that sends no hellos): past it, with nothing acknowledged since the last
 # look, the edge is not reading; the core loses it and cuts its connection, which frees
 # what libzmq held for it (the edge, told by the drop, is greeted anew when it reads).
 EDGE_QUEUE_BYTES = 64 << 20
