@@ -23,6 +23,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import zmq
 
@@ -48,11 +49,7 @@ class Edges:
         self._new: list[bytes] = []  # edges first heard this turn: told every live topic
         self._hellos: dict[bytes, int] = {}  # edges whose hello this turn answers: its mark
         self._resets: dict[bytes, int] = {}  # edge -> the link drops it has told of
-        # edge -> [its connection's fd and identity, bytes handed it since the base, the
-        # kernel's acknowledged count at the base, when that was]: what it has not read
-        # (EDGE_QUEUE_BYTES), looked at with each of its hellos, and as frames go to it
-        # once past the bound (a frozen edge sends no hellos)
-        self._queued: dict[bytes, list] = {}
+        self._backlog: dict[bytes, Backlog] = {}  # edge -> what it has not read
         self._behind: list[bytes] = []  # edges that could not take a room frame this turn
 
     def __bool__(self) -> bool:
@@ -77,6 +74,7 @@ class Edges:
                 log.info("Edge %s connected (%d edges)", edge.hex(), len(self.heard) + 1)
                 self._new.append(edge)
             self.heard[edge] = self.clock()
+            self._connection(edge, parts[-1])
             if kind == E.REQUEST and len(rest) % 4 == 0 and \
                     len(rest) <= 4 * E.REQUESTS_PER_MESSAGE:
                 out += self._requests(edge, rest)
@@ -88,7 +86,7 @@ class Edges:
             elif kind == E.HELLO:
                 info = _hello_info(rest)
                 out += self._reset(edge, info.get("reset", 0))
-                out += self._reading(edge, parts[-1].get(_SRCFD))
+                out += self._reading(edge)
                 mark = info.get("mark", 0)
                 self._hellos[edge] = mark if isinstance(mark, int) else 0
             else:
@@ -124,35 +122,58 @@ class Edges:
         self._new.append(edge)
         return out
 
-    def _reading(self, edge: bytes, fd: int) -> list[Delivery]:
-        """At each hello: has the edge read what it was handed? Lost, and its connection
-        cut, if it holds EDGE_QUEUE_BYTES unacknowledged and acknowledged nothing since."""
-        track = self._queued.get(edge)
-        if track is None or track[0] != (fd, guard.identity(fd)):
-            self._queued[edge] = [(fd, guard.identity(fd)), 0, guard.acked(fd) or 0,
-                                  self.clock()]
-            return []
-        if self._keeping_up(edge, track):
+    def _connection(self, edge: bytes, frame: zmq.Frame) -> None:
+        """Its messages come on the connection that ``frame`` came on: what it is handed
+        is counted from there (from its first message, hello or not). Not over ipc or
+        inproc, which have no such connection (libzmq's message bound is all there is)."""
+        try:
+            fd = frame.get(_SRCFD)
+        except zmq.ZMQError:
+            return
+        if fd < 0:
+            return
+        backlog = self._backlog.get(edge)
+        if backlog is None or backlog.fd != fd:
+            self._backlog[edge] = Backlog(fd, guard.identity(fd), guard.acked(fd) or 0,
+                                          self.clock())
+
+    def _reading(self, edge: bytes) -> list[Delivery]:
+        """At each hello: has the edge read what it was handed?"""
+        backlog = self._backlog.get(edge)
+        if backlog is None or self._keeping_up(edge, backlog):
             return []
         return self.lose(edge, "its edge is not reading")
 
-    def _keeping_up(self, edge: bytes, track: list) -> bool:
-        """Has the edge read what it was handed, give or take EDGE_QUEUE_BYTES (or four
-        times that while it reads at all)? If not, its connection is cut (which frees
-        what libzmq held for it) and it is to be lost."""
-        acked = guard.acked(track[0][0])
-        if acked is None:  # not TCP (ipc): libzmq's message bound is all there is
-            track[1] = 0
+    def _keeping_up(self, edge: bytes, backlog: Backlog) -> bool:
+        """Unless the edge's kernel acknowledged all but EDGE_QUEUE_BYTES of what the edge
+        was handed, or all but four times that while it acknowledged something in the
+        last TIMEOUT (a slow reader, or one handed much at once), its connection is cut
+        (which frees what libzmq held for it) and it is to be lost: False."""
+        now = self.clock()
+        backlog.looked = now
+        if guard.identity(backlog.fd) != backlog.identity:  # it came back on a new one
+            self._backlog[edge] = Backlog(backlog.fd, guard.identity(backlog.fd),
+                                          guard.acked(backlog.fd) or 0, now)
             return True
-        unread = track[1] - (acked - track[2])
-        if unread <= E.EDGE_QUEUE_BYTES or (acked > track[2]
-                                            and unread <= 4 * E.EDGE_QUEUE_BYTES):
-            track[1], track[2], track[3] = max(0, unread), acked, self.clock()
+        acked = guard.acked(backlog.fd)
+        if acked is None:  # not TCP (ipc): libzmq's message bound is all there is
+            backlog.handed = 0
+            return True
+        if acked > backlog.base:
+            backlog.progressed = now
+        unread = backlog.handed - (acked - backlog.base)
+        if unread <= E.EDGE_QUEUE_BYTES or (unread <= 4 * E.EDGE_QUEUE_BYTES and
+                                            now - backlog.progressed < E.TIMEOUT):
+            backlog.handed, backlog.base = max(0, unread), acked
             return True
         log.warning("Edge %s is not reading (%d MiB unread): cut", edge.hex(), unread >> 20)
-        _cut(*track[0])
-        del self._queued[edge]
+        self._cut(edge)
         return False
+
+    def _cut(self, edge: bytes) -> None:
+        backlog = self._backlog.pop(edge, None)
+        if backlog is not None:
+            _cut(backlog.fd, backlog.identity)
 
     def expire(self) -> list[Delivery]:
         """Edges silent too long are lost, and the sessions they held end."""
@@ -167,9 +188,13 @@ class Edges:
         for edge in self.heard:
             self.heard[edge] += seconds
 
-    def lose(self, edge: bytes, reason: str) -> list[Delivery]:
+    def lose(self, edge: bytes, reason: str, *, cut: bool = False) -> list[Delivery]:
+        """The edge's sessions end; ``cut``: its connection too (it stopped reading: what
+        libzmq holds for it is freed, and the edge, told by the drop, starts again)."""
+        if cut:
+            self._cut(edge)
         self.heard.pop(edge, None)
-        self._queued.pop(edge, None)
+        self._backlog.pop(edge, None)
         log.warning("Edge %s lost: %s", edge.hex(), reason)
         return self.chat.edge_lost(edge, reason)
 
@@ -203,8 +228,9 @@ class Edges:
         hellos, self._hellos = self._hellos, {}
         incarnation = self.chat.incarnation.encode()
         for edge, mark in hellos.items():
-            if edge in self.heard:
-                self._send(edge, [E.ALIVE, incarnation, b"%d" % mark])
+            if edge in self.heard and not self._send(edge, [E.ALIVE, incarnation,
+                                                            b"%d" % mark]):
+                failed.append(edge)
         return failed
 
     def room(self, edges: Iterable[bytes], topic: bytes, frame: bytes) -> int:
@@ -238,16 +264,30 @@ class Edges:
             if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
                 raise
             return False
-        track = self._queued.get(edge)
-        if track is not None:
-            track[1] += sum(map(len, message))
-            # Past the bound: looked at again once a heartbeat (as at its hellos, which a
-            # frozen edge does not send), or at once past four times the bound.
-            if track[1] > E.EDGE_QUEUE_BYTES and (
-                    track[1] > 4 * E.EDGE_QUEUE_BYTES
-                    or self.clock() - track[3] >= E.HEARTBEAT):
-                return self._keeping_up(edge, track)
+        backlog = self._backlog.get(edge)
+        if backlog is not None:
+            backlog.handed += sum(map(len, message))
+            # Past the bound: looked at once a heartbeat as frames go (as at its hellos,
+            # which a frozen or faulty edge does not send), at once past four times it.
+            if backlog.handed > E.EDGE_QUEUE_BYTES and (
+                    backlog.handed > 4 * E.EDGE_QUEUE_BYTES
+                    or self.clock() - backlog.looked >= E.HEARTBEAT):
+                return self._keeping_up(edge, backlog)
         return True
+
+
+@dataclass(slots=True)
+class Backlog:
+    """What the core handed an edge's connection and its kernel has not acknowledged
+    (TCP_INFO), bounded by EDGE_QUEUE_BYTES: looked at with each of the edge's hellos,
+    and as frames go to it once past the bound."""
+
+    fd: int
+    identity: object  # of the connection behind fd (guard.identity): never another's
+    base: int  # the kernel's acknowledged count when ``handed`` was last rebased
+    progressed: float  # when it last acknowledged something (or was first seen)
+    handed: int = 0  # bytes handed since the base
+    looked: float = 0.0
 
 
 def _hello_info(rest: Sequence[bytes]) -> dict:

@@ -266,6 +266,7 @@ class Connection:
     acked_time: float = 0.0
     handshake_sent: int | None = None  # see CURVE_HANDSHAKE_SENT
     sampled: int = -1  # the check that sampled it last (see Connections._checks)
+    peered: bool = False  # a peer's message came on it (came_from): its cut ends a session
 
 
 class Connections:
@@ -422,7 +423,10 @@ class Connections:
 
     def came_from(self, peer: bytes, fd: int) -> None:
         """A message of ``peer`` came out of the connection behind ``fd``."""
-        self._peers[peer] = (fd, self._conns.get(fd))
+        conn = self._conns.get(fd)
+        self._peers[peer] = (fd, conn)
+        if conn is not None:
+            conn.peered = True
 
     def fd_of(self, peer: bytes) -> int:
         """The descriptor of the connection a peer is on now, or -1 if that is not known
@@ -605,7 +609,8 @@ class Connections:
             if now - conn.acked_time >= self.stall:
                 if not self.cut(conn.fd, "not reading"):
                     return 0
-                self._stalled.append(conn)
+                if conn.peered:  # (a publisher's connections have none: nobody asks)
+                    self._stalled.append(conn)
                 return 1
         else:
             conn.acked, conn.acked_time = acked_, now

@@ -350,7 +350,7 @@ class Broker:
             if edges is not None:  # what they grant changes before any frame names it
                 for edge in edges.before_frames(self.chat.topic_changes,
                                                 self.chat.ended_behind_edges):
-                    pending += self._commit(edges.lose(edge, "its edge is not reading"), [])
+                    pending += self._edge_behind(edge)
             self.chat.topic_changes.clear()
             self.chat.ended_behind_edges.clear()
             if not pending:
@@ -407,9 +407,15 @@ class Broker:
                 if edges.send(edge, frames):
                     self.chat.counters.frames_out += len(frames) // 2
                 else:  # gone, or so far behind that its queue is full: its clients resume
-                    pending += self._commit(edges.lose(edge, "its edge is not reading"), [])
+                    pending += self._edge_behind(edge)
             for edge in edges.behind() if edges is not None else ():
-                pending += self._commit(edges.lose(edge, "its edge is not reading"), [])
+                pending += self._edge_behind(edge)
+
+    def _edge_behind(self, edge: bytes) -> list[Delivery]:
+        """An edge that cannot take what it is sent (its queue full, or unread past its
+        bound): lost, and its connection cut; what that ends, committed."""
+        assert self.edges is not None
+        return self._commit(self.edges.lose(edge, "its edge is not reading", cut=True), [])
 
     def _farewell(self) -> None:
         if self.fenced is None:

@@ -187,6 +187,7 @@ class Edge:
             self.conns.check()
             for client in self.conns.stalled_peers():
                 self._lost(client, "not reading")
+            self._flush()  # (their ends go before any new hello read below: never after)
             if self.zap in ready:
                 self._answer_zap()
             if self.router in ready:
@@ -347,6 +348,8 @@ class Edge:
                 # echoes (an older core's, or one from before a drop, moves nothing).
                 if len(rest) > 1 and rest[1].isdigit():
                     self._read = min(self._relayed, max(self._read, int(rest[1])))
+                else:  # a core older than the mark: up to the last hello, give or take one
+                    self._read = max(self._read, self._marked)
                 incarnation = rest[0].decode(errors="replace")
                 if incarnation != self.incarnation:
                     log.info("Core incarnation %s", incarnation)

@@ -63,10 +63,11 @@ REQUESTS_PER_TURN = 2048
 # cannot send to its core ends the sessions of the requests it cannot relay.
 LINK_QUEUE = 10_000
 # Bytes the core has handed an edge that the edge's kernel has not acknowledged (TCP_INFO,
-# looked at with each of its hellos, and once a heartbeat while frames go to it past the
-# bound, for an edge that sends no hellos): past it, with nothing acknowledged since the last
-# look, the edge is not reading; the core loses it and cuts its connection, which frees
-# what libzmq held for it (the edge, told by the drop, is greeted anew when it reads).
+# looked at with each of its hellos, and past the bound once a heartbeat as frames go to
+# it, so an edge that sends no hellos is bounded too): past it with nothing acknowledged
+# for TIMEOUT, or past four times it, the edge is not reading; the core loses it and cuts
+# its connection, which frees what libzmq held for it (the edge, told by the drop, is
+# greeted anew when it reads).
 EDGE_QUEUE_BYTES = 64 << 20
 # Bytes an edge relays to the core beyond what the core has shown it read (it answered a
 # HELLO sent after them). Past it the core is not keeping up (stopped, far behind): the
