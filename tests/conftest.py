@@ -10,6 +10,27 @@ from .harness import Broker, Client, EdgedBroker, start_broker, start_edged
 from .pgcluster import Cluster, MissingPostgres
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--store", choices=("sqlite", "postgresql"), default="sqlite",
+        help="the store of the brokers the end-to-end tests' fixtures start (postgresql: "
+             "each test gets a new database of one throwaway cluster; tests marked "
+             "sqlite_only are skipped)")
+
+
+def on_postgres(config: pytest.Config) -> bool:
+    return config.getoption("--store") == "postgresql"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if on_postgres(config):
+        skip = pytest.mark.skip(reason="what only SQLite has, or a single broker on it "
+                                       "(--store postgresql)")
+        for item in items:
+            if item.get_closest_marker("sqlite_only"):
+                item.add_marker(skip)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "broker_args(*args): extra command-line arguments for the broker fixture")
@@ -40,18 +61,23 @@ def broker(tmp_path, request: pytest.FixtureRequest) -> Iterator[Broker]:
     ``@pytest.mark.broker_args("--rate", "0")`` passes extra arguments to it."""
     marker = request.node.get_closest_marker("broker_args")
     extra = marker.args if marker else ()
+    db = str(tmp_path / "zchat.db")
+    if on_postgres(request.config):
+        db = request.getfixturevalue("pg_dsn")
     if getattr(request, "param", "direct") == "edge":
-        b: Broker | EdgedBroker = start_edged(str(tmp_path / "zchat.db"), *extra)
+        b: Broker | EdgedBroker = start_edged(db, *extra)
     else:
-        b = start_broker(str(tmp_path / "zchat.db"), *extra)
+        b = start_broker(db, *extra)
     yield b
     b.stop()
 
 
 @pytest.fixture
-def core(tmp_path) -> Iterator[Broker]:
+def core(tmp_path, request: pytest.FixtureRequest) -> Iterator[Broker]:
     """A broker that takes edges (``--edge-bind``): the core of the edge tests."""
-    b = start_broker(str(tmp_path / "zchat.db"), "--edge-bind", "tcp://127.0.0.1:*")
+    db = request.getfixturevalue("pg_dsn") if on_postgres(request.config) else \
+        str(tmp_path / "zchat.db")
+    b = start_broker(db, "--edge-bind", "tcp://127.0.0.1:*")
     yield b
     b.proc.send_signal(signal.SIGCONT)  # (if a test stopped it)
     b.stop()
@@ -73,11 +99,13 @@ def clients(broker: Broker) -> Iterator[Callable[..., Client]]:
 
 
 @pytest.fixture
-def brokers(tmp_path) -> Iterator[Callable[..., Broker]]:
+def brokers(tmp_path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Broker]]:
     """Start more brokers (e.g. a restart on the same ``db``); all stopped at the end."""
     started: list[Broker] = []
 
     def start(*extra: str, db: str | None = None) -> Broker:
+        if db is None and on_postgres(request.config):
+            db = request.getfixturevalue("pg_cluster").create_database()
         b = start_broker(db or str(tmp_path / f"zchat-{len(started)}.db"), *extra)
         started.append(b)
         return b

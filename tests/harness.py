@@ -7,16 +7,19 @@ process can never block on a full pipe.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import queue
 import re
 import select
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -134,13 +137,18 @@ READY = re.compile(r"zchat broker ready: router=(\S+) pub=(\S+) control=(\S+)")
 def start_broker(db: str, *extra: str, router: str = "tcp://127.0.0.1:*",
                  pub: str = "tcp://127.0.0.1:*", control: str = "tcp://127.0.0.1:*",
                  timeout: float = START_WAIT, descriptors: int | None = None) -> Broker:
-    """``descriptors``: the broker's hard limit of open files (as a small machine has)."""
-    args = ["--bind", router, "--pub-bind", pub, "--control-bind", control, "--db", db,
-            *extra]
+    """``db``: a SQLite file, or a PostgreSQL DSN (then the broker's keys live in a
+    directory of that database's own, the same at each restart on it). ``descriptors``:
+    the broker's hard limit of open files (as a small machine has)."""
+    path, store = db, []
+    if db.startswith("postgresql://"):
+        path, store = os.path.join(_home_of(db), "unused.db"), ["--store", db]
+    args = ["--bind", router, "--pub-bind", pub, "--control-bind", control, "--db", path,
+            *store, *extra]
     if "--insecure" not in extra and "--keys" not in extra:
         # Encrypted, as by default. Clients and admin tools started after this find this
         # broker's keys through $ZCHAT_KEYS, as local users find them in data/keys.
-        keys = os.path.join(os.path.dirname(os.path.abspath(db)), "keys")
+        keys = os.path.join(os.path.dirname(os.path.abspath(path)), "keys")
         args += ["--keys", keys]
         os.environ["ZCHAT_KEYS"] = keys
     def limit() -> None:
@@ -150,6 +158,17 @@ def start_broker(db: str, *extra: str, router: str = "tcp://127.0.0.1:*",
     proc, log, ready = _spawn("broker", args, READY, timeout,
                               preexec=limit if descriptors is not None else None)
     return Broker(proc, log, ready[1], ready[2], ready[3], db, args)
+
+
+_HOMES: dict[str, str] = {}
+
+
+def _home_of(dsn: str) -> str:
+    """A directory for the brokers on one PostgreSQL database (their keys)."""
+    if dsn not in _HOMES:
+        _HOMES[dsn] = tempfile.mkdtemp(prefix="zchat-pg-")
+        atexit.register(shutil.rmtree, _HOMES[dsn], True)
+    return _HOMES[dsn]
 
 
 class Client:

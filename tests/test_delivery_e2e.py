@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import sqlite3
 import time
+from collections.abc import Iterator
 
 import msgpack
 import pytest
@@ -19,7 +19,7 @@ import zmq
 from schema import messages, pack
 from schema import protocol as P
 
-from .harness import Broker, Client, raw_socket, start_broker
+from .harness import Broker, Client, raw_socket, start_broker, stored_events
 
 
 @pytest.fixture
@@ -30,18 +30,28 @@ def broker(tmp_path):
     b.stop()
 
 
+_restarted: list[Broker] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_restarted() -> Iterator[None]:
+    """Brokers a test started again are stopped after it, even if it failed."""
+    yield
+    while _restarted:
+        _restarted.pop().stop()
+
+
 def restart(broker: Broker, sig: int = signal.SIGKILL) -> Broker:
     """Stop the broker with ``sig`` and start it again on the same addresses and store."""
     broker.stop(sig)
     extra = broker.args[broker.args.index("--db") + 2:]
-    return start_broker(broker.db, *extra, router=broker.router, pub=broker.pub,
-                        control=broker.control)
+    again = start_broker(broker.db, *extra, router=broker.router, pub=broker.pub,
+                         control=broker.control)
+    _restarted.append(again)
+    return again
 
 
-def stored(db: str, room: str) -> list[dict]:
-    with sqlite3.connect(db) as con:
-        rows = con.execute("SELECT body FROM events WHERE room = ? ORDER BY seq", (room,))
-        return [msgpack.unpackb(body) for (body,) in rows]
+stored = stored_events  # (a SQLite file or a PostgreSQL DSN)
 
 
 def shown(client: Client, room: str) -> list[dict]:

@@ -55,10 +55,14 @@ def share_room(owner: Client, *members: Client, room: str = "den") -> None:
 
 @pytest.fixture
 def edges(core) -> Iterator[list[Edge]]:
-    started = [start_edge(edge_address(core), core.keys_dir) for _ in range(2)]
-    yield started
-    for edge in started:
-        edge.stop()
+    started: list[Edge] = []
+    try:  # (the first is stopped too if the second does not start)
+        for _ in range(2):
+            started.append(start_edge(edge_address(core), core.keys_dir))
+        yield started
+    finally:
+        for edge in started:
+            edge.stop()
 
 
 def heard(client: Client, text: str) -> None:

@@ -211,6 +211,8 @@ def test_every_listing_comes_a_bounded_page_at_a_time(broker, zctx):
     assert len(admin_json(broker.control, "ls")["rooms"]) == count
 
 
+# On PostgreSQL a core stopped past the lock's timeout is fenced (test_failover_e2e).
+@pytest.mark.sqlite_only
 def test_the_brokers_own_pause_ends_nobodys_session(broker, clients):
     alice, bob = clients(), clients()
     alice.send("login alice")
@@ -618,6 +620,7 @@ def test_a_commit_that_fails_on_a_full_disk_acknowledges_nothing_and_the_broker_
         again.stop()
 
 
+@pytest.mark.sqlite_only  # SQLite's own file
 def test_a_store_deleted_underneath_is_noticed_and_writes_are_refused(broker, zctx):
     alice = Bare(zctx, broker)
     alice.ok("login", name="alice")
@@ -629,6 +632,7 @@ def test_a_store_deleted_underneath_is_noticed_and_writes_are_refused(broker, zc
     assert alice.ok("users")["users"] == ["alice"]
 
 
+@pytest.mark.sqlite_only  # SQLite's own files
 def test_a_store_made_immutable_refuses_writes_without_crashing(broker, zctx):
     if shutil.which("chattr") is None:
         pytest.skip("no chattr")
