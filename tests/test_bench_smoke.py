@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import report
 from bench.ngircd import binary as ngircd_binary
 from bench.plan import make
 from bench.stats import bucket, merge, percentiles
@@ -127,3 +128,23 @@ def test_against_takes_turns_and_irc_receivers_leave_the_sender_out():
     fanout = make("fanout", members=5)
     assert fanout.receivers_of(0) == ["f0", "f1", "f2", "f3", "f4"]
     assert fanout.receivers_of(0, echo=False) == ["f1", "f2", "f3", "f4"]
+
+
+def test_the_floor_table_says_when_a_target_is_out_of_reach_and_why():
+    def run(server, workload, cpu, io=None, mode="closed"):
+        return {"server": server, "workload": workload, "mode": mode, "clients": 50,
+                "inbound_per_s": 1000.0, "deliveries_per_s": 50_000.0,
+                "broker_cpu_us_per_delivery": cpu, "latency_ms": {"p50": 1, "p99": cpu},
+                "broker_cpu_split_us_per_inbound": None if io is None else
+                {"python": 1.0, "zmq_io": io}}
+    results = [run("zchat", "fanout", 3.0, 60), run("floor", "fanout", 1.5, 55),
+               run("ngircd", "fanout", 1.0),  # the relay's I/O alone: 1.1 us/delivery
+               run("zchat", "rooms", 3.0, 40), run("floor", "rooms", 1.2, 40),
+               run("ngircd", "rooms", 1.0),  # I/O 0.8, the relay in all 1.2
+               run("zchat", "dm", 3.0, 40), run("floor", "dm", 1.5, 40),
+               run("ngircd", "dm", 1.0)]  # within 2x: the floor rules nothing out
+    rows = {line.split(" | ")[0].strip("| "): line
+            for line in report.floor_table(results).splitlines()[2:]}
+    assert "| 1.20× | 1.10× | 1.50× | no: the transport alone is above it |" in rows["fanout"]
+    assert "| 0.80× | 0.80× | 1.20× | no, not in Python" in rows["rooms"]
+    assert rows["dm"].endswith("| not ruled out by the floor |")
