@@ -291,6 +291,8 @@ class Connections:
         self._conns: dict[int, Connection] = {}
         self._pending: dict[str, dict[int, Connection]] = {}  # label -> not yet proven
         self._monitors: dict[zmq.Socket, tuple[zmq.Socket, str]] = {}
+        self._watched: dict[zmq.Socket, str] = {}  # the watched sockets, and their labels
+        self._watchers = zmq.Poller()  # for what they have waiting to be read
         self._handshake_sent: dict[str, int | None] = {}
         self._attribute = True  # HANDSHAKE_SUCCEEDED attributable (one I/O thread)
         self._cycle: Iterator[Connection] = iter(())
@@ -316,6 +318,8 @@ class Connections:
         monitor.setsockopt(zmq.LINGER, 0)
         monitor.connect(address)
         self._monitors[monitor] = (sock, label)
+        self._watched[sock] = label
+        self._watchers.register(sock, zmq.POLLIN)
         self._pending[label] = {}
         curve = sock.getsockopt(zmq.MECHANISM) == zmq.CURVE
         self._handshake_sent[label] = CURVE_HANDSHAKE_SENT if curve else None
@@ -561,8 +565,12 @@ class Connections:
         # bytes that came since its last message may be whole messages, not one that
         # never ends. Those connections get the flood's allowance instead (unless
         # memory surges), so a fast honest sender is not cut for the loop's lag.
-        behind = set() if surge else {label for sock, label in self._monitors.values()
-                                      if sock.getsockopt(_EVENTS) & _POLLIN}
+        # Asked by a poll, not getsockopt(EVENTS): either makes libzmq process the socket's
+        # pending commands, which for an XPUB that many subscribers just left is a walk of
+        # its subscription trie for each, seconds of it; pyzmq's getsockopt holds the GIL
+        # meanwhile (the loop thread stalls behind the publisher's), its poll does not.
+        behind = set() if surge else {self._watched[sock] for sock, _ in
+                                      self._watchers.poll(0)}
         for conn in sample:
             if conn.sampled != self._checks:  # an active one may come round in the robin
                 conn.sampled = self._checks
@@ -649,3 +657,5 @@ class Connections:
                 pass
             monitor.close(0)
         self._monitors.clear()
+        self._watched.clear()
+        self._watchers = zmq.Poller()
