@@ -356,7 +356,7 @@ def test_without_a_name_the_first_word_typed_is_the_name(terminal):
     t.press("Enter")
     t.wait_for(lambda lines: any(ln.endswith("Logged in as dave") for ln in lines)
                and any("/join ROOM [NAME]" in ln for ln in lines))
-    assert t.toolbar().startswith("dave │ lobby")
+    t.wait_for(lambda _: t.toolbar().startswith("dave │ lobby"))  # (redrawn just after)
 
 
 def test_window_and_alt_digit_switch_rooms_by_number(terminal, bob_in_lounge):
