@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -134,8 +133,7 @@ class Edges:
             return
         backlog = self._backlog.get(edge)
         if backlog is None or backlog.fd != fd:
-            self._backlog[edge] = Backlog(fd, guard.identity(fd), guard.acked(fd) or 0,
-                                          self.clock())
+            self._backlog[edge] = Backlog.of(fd, self.clock())
 
     def _reading(self, edge: bytes) -> list[Delivery]:
         """At each hello: has the edge read what it was handed?"""
@@ -152,8 +150,7 @@ class Edges:
         now = self.clock()
         backlog.looked = now
         if guard.identity(backlog.fd) != backlog.identity:  # it came back on a new one
-            self._backlog[edge] = Backlog(backlog.fd, guard.identity(backlog.fd),
-                                          guard.acked(backlog.fd) or 0, now)
+            self._backlog[edge] = Backlog.of(backlog.fd, now)
             return True
         acked = guard.acked(backlog.fd)
         if acked is None:  # not TCP (ipc): libzmq's message bound is all there is
@@ -171,9 +168,11 @@ class Edges:
         return False
 
     def _cut(self, edge: bytes) -> None:
+        """Shut its connection down, if it is still the one counted (never another that
+        got the number)."""
         backlog = self._backlog.pop(edge, None)
-        if backlog is not None:
-            _cut(backlog.fd, backlog.identity)
+        if backlog is not None and guard.identity(backlog.fd) == backlog.identity:
+            guard.shut_down(backlog.fd)
 
     def expire(self) -> list[Delivery]:
         """Edges silent too long are lost, and the sessions they held end."""
@@ -289,6 +288,11 @@ class Backlog:
     handed: int = 0  # bytes handed since the base
     looked: float = 0.0
 
+    @classmethod
+    def of(cls, fd: int, now: float) -> Backlog:
+        """Counting from now, on the connection behind ``fd``."""
+        return cls(fd, guard.identity(fd), guard.acked(fd) or 0, now)
+
 
 def _hello_info(rest: Sequence[bytes]) -> dict:
     """A hello's info map; empty if it has none or it is not one (an edge's word is
@@ -298,20 +302,6 @@ def _hello_info(rest: Sequence[bytes]) -> dict:
     except ProtocolError:
         return {}
     return info if isinstance(info, dict) else {}
-
-
-def _cut(fd: int, identity: object) -> None:
-    """Shut the edge's connection down (libzmq closes it and frees what it queued), if
-    ``fd`` is still that connection (never another one that got the number)."""
-    if fd < 0 or identity is None or guard.identity(fd) != identity:
-        return
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
-    try:
-        s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        s.detach()
 
 
 def _flat(pairs: Iterable[tuple[bytes, bytes]]) -> list[bytes]:

@@ -223,6 +223,23 @@ def acked(fd: int) -> int | None:
     return None if info is None else struct.unpack_from("Q", info, _BYTES_ACKED)[0]
 
 
+def shut_down(fd: int) -> OSError | None:
+    """Shut down the TCP connection behind ``fd`` both ways (libzmq then closes it and
+    frees what it held for it); the error if it could not (closed meanwhile, or the peer
+    already gone). The descriptor stays libzmq's. Callers check ``identity`` first."""
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+    except OSError as exc:
+        return exc
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError as exc:  # ENOTCONN: the peer is already gone
+        return exc
+    finally:
+        s.detach()
+    return None
+
+
 def identity(fd: int) -> tuple[int, str] | None:
     """(socket inode, peer address) of ``fd``, or None if it is not an open socket."""
     try:
@@ -496,18 +513,10 @@ class Connections:
                      fd, reason, conn.peer)
             self._forget(conn)
             return False
-        try:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
-        except OSError as exc:  # closed meanwhile
-            log.info("Could not cut %s (%s): %s", conn.peer, reason, exc)
+        failure = shut_down(fd)
+        if failure is not None:
+            log.info("Could not cut %s (%s): %s", conn.peer, reason, failure)
             return False
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError as exc:  # ENOTCONN: the peer is already gone
-            log.info("Could not cut %s (%s): %s", conn.peer, reason, exc)
-            return False
-        finally:
-            s.detach()
         if not quiet:
             log.warning("Cut the connection of %s to %s: %s", conn.peer, conn.label, reason)
         conn.cut = True

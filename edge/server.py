@@ -79,10 +79,7 @@ class Edge:
         self.conns.watch(self.router, "router")
         publisher_conns = Connections(limit=limit)
         publisher_conns.watch(publisher, "publisher")
-        # (-1, a connection not known for sure, is no descriptor to ask: guard.acked would
-        # raise for it, and a client that came back on a new connection under the same
-        # routing id, its reply still on its way from the core, would crash the edge.)
-        self._queued = Queued(lambda fd: self.conns.acked(fd) if fd >= 0 else None)
+        self._queued = Queued(self.conns.acked)  # (-1, no connection known: None)
         # One DEALER per core address. Only the active core binds, but a frozen one keeps
         # its connection open: one DEALER for all would share requests between them.
         # Requests go to the core that greeted this edge last (TOPICS all: a core that
