@@ -20,6 +20,7 @@ from functools import partial
 
 from broker.postgres import PostgresStore
 from broker.store import SqliteStore, Store
+from schema import pack
 
 TEXT = "x" * 100  # a typical chat line, and the event around it as the chat stores it
 
@@ -42,14 +43,14 @@ class Turns:
     def messages(self, n: int) -> None:
         for _ in range(n):
             self.seq += 1
-            self.store.append("busy", self.seq, event("busy", self.seq), f"k:c:{self.seq}")
+            self.store.append("busy", self.seq, pack(event("busy", self.seq)), f"k:c:{self.seq}")
         self.store.commit()
 
     def new_room(self) -> None:
         self.rooms += 1
         name = f"room{self.rooms}"
         self.store.add_room(name, time.time(), "alice")
-        self.store.append(name, 1, {"ev": "join", "room": name, "seq": 1, "name": "alice"})
+        self.store.append(name, 1, pack({"ev": "join", "room": name, "seq": 1, "name": "alice"}))
         self.store.commit()
 
     def nothing(self) -> None:

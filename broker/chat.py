@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from schema import ProtocolError, Request, error, ok, pack, unpack
 from schema import protocol as P
@@ -58,6 +58,9 @@ class Send:
 
     peer: Peer
     body: dict[str, Any]
+    # The body packed, where it already was (a remembered reply, a message to several):
+    # a frame is made of its messages' own encodings, so nothing is packed twice.
+    packed: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,7 @@ class Publish:
     topic: bytes
     body: dict[str, Any]
     room: Room | None = field(default=None, compare=False, repr=False)  # for the edges
+    packed: bytes | None = field(default=None, compare=False, repr=False)  # as stored
 
 
 Delivery = Send | Publish
@@ -203,7 +207,7 @@ class Chat:
         self._token = token
         self.incarnation = token()
         self.counters = Counters(started=clock())
-        self.sessions: dict[bytes, Session] = {}
+        self.sessions: dict[Peer, Session] = {}
         # Users, rooms, members and accounts are keyed by the fold of their names (see
         # schema.names): "Alice" and a Cyrillic look-alike are alice. Names are shown as
         # they were first typed.
@@ -231,10 +235,10 @@ class Chat:
         self._out: list[Delivery] = []
         # Packed: 100,000 replies as dicts are 200,000 objects for every full garbage
         # collection to walk (88 ms each under the dm benchmark); as bytes, none.
-        self._answers: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._answers: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
         self._request_key: tuple[str, str, int] | None = None  # (key, client id, request id)
         # (peer, remembered-reply key, request id) of each request of this turn that wrote
-        self._turn_writers: list[tuple[bytes, tuple[str, str, int] | None, int]] = []
+        self._turn_writers: list[tuple[Peer, tuple[str, str, int] | None, int]] = []
         # The rate buckets of ended sessions, by routing id: a new hello does not refill.
         # By key (or routing id, lacking one), both buckets: a new session refills neither.
         self._spent: OrderedDict[object, tuple[Bucket, Bucket]] = OrderedDict()
@@ -254,7 +258,8 @@ class Chat:
         ``identity`` is the CURVE key the request was authenticated with (None in
         plaintext mode); ``address`` the peer's IP address.
         """
-        self._out = out = []
+        out: list[Delivery] = []
+        self._out = out
         rid, cmd = request.id, request.cmd
         try:
             session = self._admit(peer, request, identity)
@@ -282,13 +287,14 @@ class Chat:
             reply = ok_with(rid, result)
         except ProtocolError as err:
             reply = error(rid, err)
+        packed = None
         if key and cmd in _REMEMBERED:
-            self._answers[key] = pack(reply)
+            self._answers[key] = packed = pack(reply)
             if len(self._answers) > P.ANSWERS_REMEMBERED:
                 self._answers.popitem(last=False)
         if self.store.writes != writes:
             self._turn_writers.append((peer, key, rid))
-        out.insert(0, Send(peer, reply))
+        out.insert(0, Send(peer, reply, packed))
         return out
 
     def committed(self) -> None:
@@ -309,9 +315,11 @@ class Chat:
         refusal = ProtocolError("store_unavailable",
                                 f"History cannot be written now ({reason}); nothing of "
                                 f"this request was kept")
-        errors = [Send(peer, error(rid, refusal)) for peer, _, rid in self._turn_writers]
+        errors: list[Delivery] = [Send(peer, error(rid, refusal))
+                                  for peer, _, rid in self._turn_writers]
         for _, key, _ in self._turn_writers:
-            self._answers.pop(key, None)  # a retry must not be told "ok" for a lost write
+            if key is not None:
+                self._answers.pop(key, None)  # a retry must not be told "ok" for a lost write
         self._turn_writers.clear()
         self._out = []
         for peer in writers:
@@ -588,7 +596,8 @@ class Chat:
             moved = self._by_client.get((identity or "", client)) if client else None
             if moved is not None:
                 self._end_session(moved, "reconnected")
-            bucket, delivery = self._spent.pop(identity or peer, None) or (
+            spent: tuple[Bucket, Bucket] | None = self._spent.pop(identity or peer, None)
+            bucket, delivery = spent or (
                 Bucket(self.burst, self.clock()), Bucket(self.delivery_burst, self.clock()))
             self.sessions[peer] = Session(peer, client, self.clock(), identity, address,
                                           bucket=bucket, delivery=delivery)
@@ -664,7 +673,8 @@ class Chat:
     def _rooms(self, session: Session, after: str | None, limit: int | None
                ) -> dict[str, Any]:
         # Secret rooms are left out for non-members; closed ones are only named.
-        wanted, listed, more = limit or P.LIST_PAGE_DEFAULT, [], True
+        wanted, more = limit or P.LIST_PAGE_DEFAULT, True
+        listed: list[dict[str, Any]] = []
         while more and len(listed) < wanted:
             names, more = self._room_names.page(after, wanted - len(listed))
             for n in names:
@@ -771,15 +781,17 @@ class Chat:
             raise ProtocolError("self_message")
         # Looked up once: a name that is nobody leaves a None (Sessions compare by
         # identity, so only a None is None), and only then are the unknown named.
-        recipients = [self.users.get(k) for k in keys]
-        if None in recipients:
+        looked_up = [self.users.get(k) for k in keys]
+        if None in looked_up:
             unknown = [n for n in to if fold(n) not in self.users]
             raise ProtocolError("no_such_user", f"No such user: {', '.join(unknown)}")
+        recipients = cast("list[Session]", looked_up)
         self._charge(session, len(text), len(keys))
         names = [r.name for r in recipients]
         event = {"ev": "dm", "from": sender, "to": names, "text": text, "ts": self.clock()}
+        packed = pack(event)
         for recipient in recipients:
-            self._send(recipient, event)
+            self._out.append(Send(recipient.peer, event, packed))
         return {"to": names, **_away_of(recipients)}
 
     def _broadcast(self, session: Session, text: str) -> dict[str, Any]:
@@ -787,8 +799,9 @@ class Chat:
         self._charge(session, len(text), len(self.users) - 1)
         event = {"ev": "broadcast", "from": sender, "text": text, "ts": self.clock()}
         recipients = [s for s in self.users.values() if s is not session]
+        packed = pack(event)
         for s in recipients:
-            self._send(s, event)
+            self._out.append(Send(s.peer, event, packed))
         return {"count": len(recipients)}
 
     def _history(self, session: Session, room: str, before: int | None, after: int | None,
@@ -1074,7 +1087,8 @@ class Chat:
     def _withdraw_invite(self, room: Room, member: Session) -> None:
         member.invites.discard(room)
         room.invited.discard(member)
-        if member.name is not None and room.access.invites.pop(fold(member.name), None):
+        if member.name is not None and room.access.invites.pop(fold(member.name),
+                                                                None) is not None:
             self.store.revoke(room.name, "invite", fold(member.name))
 
     def _store_role(self, room: Room, folded: str, shown: str, role: str) -> None:
@@ -1218,6 +1232,8 @@ class Chat:
         session.name = name
         self.users[fold(name)] = session
         self._user_names.add(name)
+        if old is None:  # a first name: no room has this session yet
+            return
         for room in session.rooms.values():  # a rename: told in each of its rooms
             del room.members[fold(old)]
             room.names.remove(old)
@@ -1362,8 +1378,9 @@ class Chat:
                  "inc": self.incarnation, **fields}
         # A message remembers the request that made it, to recognise a retry after a crash.
         origin = _origin(self._request_key) if ev == "msg" and self._request_key else None
-        self.store.append(room.name, seq, event, origin)
-        self._out.append(Publish(room.topic, event, room))
+        packed = pack(event)  # once: the store's row and the room's frame are made of it
+        self.store.append(room.name, seq, packed, origin)
+        self._out.append(Publish(room.topic, event, room, packed))
         return seq
 
     def _add_room(self, room: Room) -> None:
@@ -1429,7 +1446,8 @@ def _bounded(events: list[dict[str, Any]], *, keep_newest: bool
     broker queue megabytes a reply. Clients page on by seq, so a shorter page loses
     nothing. The events kept are the newest of the page (scrolling back) or the oldest
     (catching up forward), so the page always joins what the client already has."""
-    budget, kept = P.HISTORY_TEXT_MAX, []
+    budget = P.HISTORY_TEXT_MAX
+    kept: list[dict[str, Any]] = []
     for event in reversed(events) if keep_newest else events:
         budget -= P.text_weight(event)
         if kept and budget < 0:
@@ -1447,7 +1465,7 @@ def _unsequenced(send: Send, stored: dict[str, int], turn: list[Delivery]) -> Se
     the next event), and a leave event that went nowhere: tell it with the seq the store
     holds, and the leave in it, as when the store refuses writes (``_remove_member``)."""
     body = send.body
-    room = body.get("room")
+    room: str = body.get("room", "")  # a rekey always names its room
     if body.get("ev") != "rekey" or body.get("seq", 0) <= stored.get(room, 0):
         return send
     left = next((d.body.get("name") for d in turn if isinstance(d, Publish)

@@ -143,10 +143,9 @@ class PostgresStore:
         self._write("DELETE FROM room_access WHERE room = %s", (name,))
         self._write("DELETE FROM rooms WHERE name = %s", (name,))
 
-    def append(self, room: str, seq: int, event: dict[str, Any],
-               origin: str | None = None) -> None:
+    def append(self, room: str, seq: int, event: bytes, origin: str | None = None) -> None:
         self.writes += 1
-        self._rows.append((room, seq, msgpack.packb(event, use_bin_type=True), origin))
+        self._rows.append((room, seq, event, origin))
 
     def seq_of(self, room: str, origin: str) -> int | None:
         """The seq of the event this origin (client id:request id) already made, if any."""

@@ -89,7 +89,8 @@ class Ban:
     until: float | None  # None: until lifted
 
     def shown(self) -> dict[str, Any]:
-        ban = {"name": self.name, "by": self.by, "kind": self.kind, "reason": self.reason}
+        ban: dict[str, Any] = {"name": self.name, "by": self.by, "kind": self.kind,
+                               "reason": self.reason}
         if self.until is not None:
             ban["until"] = self.until
         return ban

@@ -355,24 +355,24 @@ class Broker:
             self.chat.ended_behind_edges.clear()
             if not pending:
                 return
-            rooms: dict[bytes, tuple[Room | None, list[dict]]] = {}
-            clients: dict[Peer, list[dict]] = {}
+            rooms: dict[bytes, tuple[Room | None, list[Delivery]]] = {}
+            clients: dict[Peer, list[Delivery]] = {}
             for item in pending:
                 if isinstance(item, Publish):
                     # (setdefault would build a tuple and a list for every event)
                     entry = rooms.get(item.topic)
                     if entry is None:
                         entry = rooms[item.topic] = (item.room, [])
-                    entry[1].append(item.body)
+                    entry[1].append(item)
                 else:
-                    clients.setdefault(item.peer, []).append(item.body)
+                    clients.setdefault(item.peer, []).append(item)
             pending = []
             for topic, (room, events) in rooms.items():
                 # A room whose members are all behind edges has no subscriber here (only
                 # members are told its topic): its frames go to the edges alone.
                 via_edges = edges is not None and room is not None and bool(room.edges)
                 here = not via_edges or len(room.members) > sum(room.edges.values())
-                for frame in _frames(events):
+                for frame in _frames(_encoded(events)):
                     if here:
                         self.chat.counters.frames_out += self.pub.publish(topic, frame)
                     if via_edges:
@@ -381,10 +381,10 @@ class Broker:
             for peer, messages in clients.items():
                 if type(peer) is tuple:  # behind an edge: one link message per edge
                     frames = by_edge.setdefault(peer[0], [])
-                    for frame in _frames(messages):
+                    for frame in _frames(_encoded(messages)):
                         frames += (peer[1], frame)
                     continue
-                for frame in _frames(messages):
+                for frame in _frames(_encoded(messages)):
                     try:
                         self.router.send(peer, _MORE)
                         self.router.send(frame, _NOW)
@@ -433,21 +433,37 @@ class Broker:
                 sock.close()
 
 
-def _frames(messages: list[dict]) -> Iterator[bytes]:
-    """One peer's (or room's) messages of a turn, packed into frames within the bounds, so
-    a peer that stops reading is ended before its queue holds much more than histories."""
-    for start in range(0, len(messages), FRAME_MESSAGES):
-        yield from _packed(messages[start:start + FRAME_MESSAGES])
+def _encoded(deliveries: list[Delivery]) -> Iterator[bytes]:
+    """Each delivery's body as it was packed, or packed now: as its frame is made, so a
+    turn's big history pages are not all packed at once beside their maps."""
+    return (d.packed or pack(d.body) for d in deliveries)
 
 
-def _packed(messages: list[dict]) -> Iterator[bytes]:
-    frame = pack(messages)
-    if len(frame) <= FRAME_BYTES or len(messages) == 1:
-        yield frame
-    else:  # rare (large texts): halve until each part fits
-        half = len(messages) // 2
-        yield from _packed(messages[:half])
-        yield from _packed(messages[half:])
+def _frames(messages: Iterable[bytes]) -> Iterator[bytes]:
+    """One peer's (or room's) packed messages of a turn in frames within the bounds, so a
+    peer that stops reading is ended before its queue holds much more than histories.
+
+    A frame is a msgpack array, whose encoding is its length's header followed by its
+    items' own: a frame is made of the messages as each was packed, once."""
+    part: list[bytes] = []
+    size = 0
+    for message in messages:
+        if part and (len(part) == FRAME_MESSAGES or size + len(message) > _FRAME_ITEMS_BYTES):
+            yield _array(part)
+            part, size = [], 0
+        part.append(message)
+        size += len(message)
+    if part:
+        yield _array(part)
+
+
+_FRAME_ITEMS_BYTES = FRAME_BYTES - 3  # an array header of up to 65,535 items is 3 bytes
+
+
+def _array(items: list[bytes]) -> bytes:
+    n = len(items)
+    header = bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+    return header + b"".join(items)
 
 
 class Queued:

@@ -71,8 +71,8 @@ class Store(Protocol):
     def rooms(self) -> list[StoredRoom]: ...
     def add_room(self, name: str, created: float, creator: str) -> None: ...
     def drop_room(self, name: str) -> None: ...
-    def append(self, room: str, seq: int, event: dict[str, Any],
-               origin: str | None = None) -> None: ...
+    # ``event`` as it is published, packed (schema.pack): stored as it is, packed once.
+    def append(self, room: str, seq: int, event: bytes, origin: str | None = None) -> None: ...
     def seq_of(self, room: str, origin: str) -> int | None: ...
     def events(self, room: str, *, before: int | None = None, after: int | None = None,
                limit: int) -> list[dict[str, Any]]: ...
@@ -253,12 +253,11 @@ class SqliteStore:
         self._write("DELETE FROM room_access WHERE room = ?", (name,))
         self._write("DELETE FROM rooms WHERE name = ?", (name,))
 
-    def append(self, room: str, seq: int, event: dict[str, Any],
-               origin: str | None = None) -> None:
+    def append(self, room: str, seq: int, event: bytes, origin: str | None = None) -> None:
         # Rows wait for the turn's commit (or the next read) and go in with one
         # executemany: a busy room's turn costs one statement, not one per message.
         self.writes += 1
-        self._rows.append((room, seq, msgpack.packb(event, use_bin_type=True), origin))
+        self._rows.append((room, seq, event, origin))
 
     def _flush(self) -> None:
         if self._rows:

@@ -20,6 +20,7 @@ import pytest
 
 from broker.postgres import PostgresStore
 from broker.store import Account, Fenced, SqliteStore, Store, StoredRoom, StoreError
+from schema import pack
 
 ROOT = Path(__file__).resolve().parent.parent
 sqlite_only = pytest.mark.sqlite_only
@@ -69,7 +70,7 @@ def store(place):
 def fill(store: Store, room: str, last: int) -> None:
     store.add_room(room, 1.0, "alice")
     for seq in range(1, last + 1):
-        store.append(room, seq, event(room, seq))
+        store.append(room, seq, pack(event(room, seq)))
 
 
 def seqs(events: list[dict]) -> list[int]:
@@ -134,14 +135,14 @@ def test_events_come_back_as_they_were_appended(store):
     store.add_room("lounge", 1.0, "alice")
     body = {"ev": "msg", "room": "lounge", "seq": 1, "from": "zoë", "text": "héllo 😀",
             "ts": 1234.5, "me": True, "to": ["a", "b"], "nested": {"k": [1, None]}}
-    store.append("lounge", 1, body)
+    store.append("lounge", 1, pack(body))
     assert store.events("lounge", limit=1) == [body]
 
 
 def test_events_are_in_seq_order_whatever_the_order_of_appending(store):
     store.add_room("lounge", 1.0, "alice")
     for seq in (3, 1, 2):
-        store.append("lounge", seq, event("lounge", seq))
+        store.append("lounge", seq, pack(event("lounge", seq)))
     assert seqs(store.events("lounge", limit=50)) == [1, 2, 3]
     assert seqs(store.events("lounge", after=0, limit=50)) == [1, 2, 3]
 
@@ -156,12 +157,12 @@ def test_events_are_kept_per_room(store):
 def test_a_seq_is_written_once_per_room(store):
     fill(store, "lounge", 2)
     store.commit()
-    store.append("lounge", 2, event("lounge", 2))
+    store.append("lounge", 2, pack(event("lounge", 2)))
     with pytest.raises(StoreError):  # appends are batched: refused at commit
         store.commit()
     assert seqs(store.events("lounge", limit=50)) == [1, 2]  # the turn stored nothing
     store.add_room("den", 2.0, "bob")
-    store.append("den", 2, event("den", 2))  # the same seq in another room is fine
+    store.append("den", 2, pack(event("den", 2)))  # the same seq in another room is fine
     store.commit()
 
 
@@ -233,7 +234,7 @@ def test_uncommitted_writes_are_invisible_to_another_reader_until_commit(place):
     try:
         fill(writer, "lounge", 1)
         writer.commit()
-        writer.append("lounge", 2, event("lounge", 2))
+        writer.append("lounge", 2, pack(event("lounge", 2)))
         writer.events("lounge", limit=50)  # a read within the turn: its writes are sent
         assert place.count_events() == 1
         writer.commit()
@@ -258,11 +259,12 @@ def test_a_writer_killed_before_commit_loses_only_the_uncommitted_turn(place):
     script = (
         "import os, sys\n"
         f"{OPENERS[place.backend]}"
+        "from schema import pack\n"
         "s = Opened(sys.argv[1])\n"
         "s.add_room('lounge', 1.0, 'alice')\n"
-        "s.append('lounge', 1, {'seq': 1})\n"
+        "s.append('lounge', 1, pack({'seq': 1}))\n"
         "s.commit()\n"
-        "s.append('lounge', 2, {'seq': 2})\n"
+        "s.append('lounge', 2, pack({'seq': 2}))\n"
         "s.events('lounge', limit=50)  # the turn's writes are sent, not committed\n"
         "os._exit(0)  # like kill -9: no close, no commit\n"
     )
@@ -330,7 +332,7 @@ def test_a_turn_with_a_failed_write_stores_none_of_its_writes(store):
     store.commit()
     store.save_account(Account("alice", "KEY", None, None))
     store.add_room("lounge", 2.0, "bob")  # fails: the room exists
-    store.append("lounge", 2, event("lounge", 2))
+    store.append("lounge", 2, pack(event("lounge", 2)))
     assert seqs(store.events("lounge", limit=50))[0] == 1  # reads still work
     with pytest.raises(StoreError):
         store.commit()
@@ -347,9 +349,9 @@ def test_a_turn_with_a_failed_write_stores_none_of_its_writes(store):
 def test_seq_of_finds_the_event_an_origin_made_in_that_room(store):
     store.add_room("lounge", 1.0, "alice")
     store.add_room("den", 1.0, "alice")
-    store.append("lounge", 1, event("lounge", 1))
-    store.append("lounge", 2, event("lounge", 2), "cafe:7")
-    store.append("den", 1, event("den", 1), "cafe:8")
+    store.append("lounge", 1, pack(event("lounge", 1)))
+    store.append("lounge", 2, pack(event("lounge", 2)), "cafe:7")
+    store.append("den", 1, pack(event("den", 1)), "cafe:8")
     assert store.seq_of("lounge", "cafe:7") == 2
     assert store.seq_of("den", "cafe:7") is None
     assert store.seq_of("lounge", "cafe:9") is None
@@ -358,7 +360,7 @@ def test_seq_of_finds_the_event_an_origin_made_in_that_room(store):
 def test_seq_of_survives_a_reopen(place):
     s = place.open()
     s.add_room("lounge", 1.0, "alice")
-    s.append("lounge", 1, event("lounge", 1), "cafe:7")
+    s.append("lounge", 1, pack(event("lounge", 1)), "cafe:7")
     s.close()
     reopened = place.open()
     try:
@@ -393,7 +395,7 @@ class WalStore:
     def turn(self, *, commit: bool = True) -> None:
         """One loop turn writing one message of a page or more; left open if not commit."""
         self.seq += 1
-        self.store.append("lounge", self.seq, event("lounge", self.seq, text="x" * 2000))
+        self.store.append("lounge", self.seq, pack(event("lounge", self.seq, text="x" * 2000)))
         if commit:
             self.store.commit()
         else:
@@ -559,7 +561,7 @@ def test_a_fenced_turn_stores_nothing_and_its_reads_are_fenced_too(pg_dsn, pg_cl
     s = PostgresStore(pg_dsn)
     fill(s, "lounge", 1)
     s.commit()
-    s.append("lounge", 2, event("lounge", 2))
+    s.append("lounge", 2, pack(event("lounge", 2)))
     end_session(pg_cluster, pg_dsn)
     with pytest.raises(Fenced):
         s.events("lounge", limit=50)
@@ -584,10 +586,10 @@ def test_a_frozen_holder_loses_the_lock_after_the_lock_timeout(pg_dsn, last_turn
     fill(frozen, "lounge", 1)  # a room and its message: two statements, a pipeline
     frozen.commit()
     if last_turn == "of messages":
-        frozen.append("lounge", 2, event("lounge", 2))
+        frozen.append("lounge", 2, pack(event("lounge", 2)))
         frozen.commit()
     elif last_turn == "under way":
-        frozen.append("lounge", 2, event("lounge", 2))
+        frozen.append("lounge", 2, pack(event("lounge", 2)))
         frozen.events("lounge", limit=50)  # the transaction is open on the server
     standby = lock_taken(pg_dsn, patience=5)  # granted once the server ends that session
     try:
