@@ -200,7 +200,7 @@ class Client:
                 return False
             return ((kind is None or ev.get("event") == kind)
                     and all(ev.get(k) == v for k, v in match.items()))
-        return json.loads(self.out.wait_for(test, timeout))
+        return json.loads(self.line(test, timeout))
 
     def enter(self, command: str) -> dict[str, Any]:
         """Send a /create or /join line (JSON mode); return its reply once the replayed
@@ -211,7 +211,11 @@ class Client:
         return reply
 
     def line(self, match: Callable[[str], bool] | str, timeout: float = DEFAULT_WAIT) -> str:
-        return self.out.wait_for(match, timeout)
+        try:
+            return self.out.wait_for(match, timeout)
+        except AssertionError as exc:  # what the client said on stderr tells why, if it did
+            raise AssertionError(f"{exc}; exit code {self.proc.poll()}, stderr: "
+                                 f"{(self.err.seen + self.err.drain(0.2))[-10:]!r}") from None
 
     def close_input(self) -> None:
         assert self.proc.stdin is not None
