@@ -43,6 +43,7 @@ from schema import edge as E
 from schema import protocol as P
 
 from .clients import Answer, Clients, Relay
+from .link import Link
 
 log = logging.getLogger("zchat.edge")
 
@@ -118,9 +119,7 @@ class Edge:
         self._batch: list[bytes] = []  # this turn's requests for the core
         self._batch_bytes = 0
         self._gone: list[bytes] = []  # and the clients lost
-        # Bytes relayed to the core so far; that count at the last HELLO sent (its mark);
-        # and what the core is known to have read: the mark its last ALIVE echoed.
-        self._relayed = self._read = self._marked = 0
+        self.link = Link()  # the bytes relayed to the core, and what it has read of them
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -130,7 +129,7 @@ class Edge:
 
     def relaying(self) -> bool:
         """Requests go to the core while it has read all but LINK_BYTES of the link."""
-        return self._relayed + self._batch_bytes - self._read < E.LINK_BYTES
+        return self.link.relaying(self._batch_bytes)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -205,14 +204,14 @@ class Edge:
             self._flush()
             # A HELLO each heartbeat, and after each eighth of LINK_BYTES relayed: its
             # answer tells how much of what waits on the link the core has read.
-            if now >= next_hello or self._relayed - self._marked > E.LINK_BYTES // 8:
+            if now >= next_hello or self.link.hello_due():
                 hello = [E.HELLO, pack({"pub": self.endpoints["pub"], "reset": self._reset,
-                                        "mark": self._relayed})]
+                                        "mark": self.link.relayed})]
                 for sock in self.cores:  # a core in waiting greets us once it serves
                     if sock is not self.core:
                         _send(sock, hello)
                 if self._to_core(hello):
-                    self._marked = self._relayed
+                    self.link.hello_sent()
                     next_hello = now + E.HEARTBEAT
                 else:  # no core connected yet: as soon as one is
                     next_hello = now + 0.1
@@ -331,7 +330,7 @@ class Edge:
                     self.clients.sessions_ended()
                     # What went to a core before it knew this edge is not waited for
                     # (a killed core's is gone): count from here.
-                    self._read = self._relayed
+                    self.link.forget()
                 for topic, live in pairs:
                     if live:
                         self.live.add(topic)
@@ -341,12 +340,7 @@ class Edge:
                 for client in rest:
                     self.clients.session_ended(client)
             elif kind == E.ALIVE and rest:
-                # It read all that went before the HELLO it answers, whose mark it
-                # echoes (an older core's, or one from before a drop, moves nothing).
-                if len(rest) > 1 and rest[1].isdigit():
-                    self._read = min(self._relayed, max(self._read, int(rest[1])))
-                else:  # a core older than the mark: up to the last hello, give or take one
-                    self._read = max(self._read, self._marked)
+                self.link.alive(rest[1] if len(rest) > 1 else None)
                 incarnation = rest[0].decode(errors="replace")
                 if incarnation != self.incarnation:
                     log.info("Core incarnation %s", incarnation)
@@ -358,7 +352,7 @@ class Edge:
             if sock is self.core:
                 log.warning("The link to the core dropped: its clients' sessions end")
                 self.clients.sessions_ended()
-                self._read = self._relayed
+                self.link.forget()
                 self._reset += 1
 
     def _to_core(self, message: list[bytes]) -> bool:
@@ -367,7 +361,7 @@ class Edge:
     def _flush(self) -> None:
         if self._batch:
             if self._to_core([E.REQUEST, *self._batch]):
-                self._relayed += self._batch_bytes
+                self.link.sent(self._batch_bytes)
             else:  # their clients are told their sessions ended, and send them again
                 log.debug("No core: %d requests dropped", len(self._batch) // 4)
                 for k in range(0, len(self._batch), 4):

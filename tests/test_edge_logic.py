@@ -10,6 +10,8 @@ import pytest
 from broker.chat import Chat
 from broker.store import SqliteStore
 from edge.clients import Answer, Clients, Relay
+from edge.link import Link
+from schema import edge as E
 from schema import pack, request, unpack
 from schema import protocol as P
 
@@ -307,3 +309,60 @@ def test_the_core_takes_a_bounded_number_of_edge_requests_a_turn(chat):
         assert time_to_take == [E_.REQUESTS_PER_TURN, 2 * per_message, 0]
     finally:
         ctx.destroy(linger=0)
+
+
+# --- the link: what the core has read of what the edge relayed ------------------------------
+
+
+def test_the_edge_relays_until_link_bytes_are_unread_and_again_once_a_hello_is_answered():
+    link = Link()
+    link.sent(E.LINK_BYTES - 10)
+    assert link.relaying(9) and not link.relaying(10)
+    mark = link.hello_sent()
+    link.sent(5)  # after the hello: not read as far as its answer can tell
+    link.alive(str(mark).encode())
+    assert link.read == mark
+    assert link.relaying(E.LINK_BYTES - 6) and not link.relaying(E.LINK_BYTES - 5)
+
+
+def test_an_answer_to_an_older_hello_or_a_garbled_mark_moves_nothing_back_or_past():
+    link = Link()
+    link.sent(1000)
+    first = link.hello_sent()
+    link.sent(1000)
+    second = link.hello_sent()
+    link.alive(str(second).encode())
+    link.alive(str(first).encode())  # a late answer to the first hello
+    assert link.read == second
+    link.alive(str(10 * second).encode())  # more than was ever relayed (from before a drop)
+    assert link.read == link.relayed == 2000
+    link.sent(500)
+    link.alive(b"-5")  # garbled: as with no mark, up to the last hello
+    assert link.read == 2000
+
+
+def test_a_core_that_echoes_no_mark_has_read_up_to_the_last_hello():
+    link = Link()
+    link.sent(700)
+    link.hello_sent()
+    link.sent(300)
+    link.alive(None)
+    assert link.read == 700
+
+
+def test_a_hello_is_due_after_an_eighth_of_link_bytes_relayed_since_the_last():
+    link = Link()
+    link.sent(E.LINK_BYTES // 8)
+    assert not link.hello_due()
+    link.sent(1)
+    assert link.hello_due()
+    link.hello_sent()
+    assert not link.hello_due()
+
+
+def test_what_went_to_a_lost_core_is_not_waited_for():
+    link = Link()
+    link.sent(E.LINK_BYTES)
+    assert not link.relaying()
+    link.forget()
+    assert link.relaying(E.LINK_BYTES - 1)
