@@ -8,6 +8,7 @@ with a wide margin: the attacks measured before these bounds cost 10-100 times m
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from schema import keys, messages, pack
 from schema import protocol as P
 
 from .harness import Broker, admin, admin_json, rss_mib, start_broker
+from .pgcluster import SERVER_USER, Cluster
 
 DEFAULT_WAIT = 5.0
 
@@ -618,6 +620,74 @@ def test_a_commit_that_fails_on_a_full_disk_acknowledges_nothing_and_the_broker_
         assert len(stored) == len(set(stored))
     finally:
         again.stop()
+
+
+def stored_messages(peer: Bare, room: str) -> list[int]:
+    """The seqs of the room's stored messages, every history page back to the first (a
+    page holds few big texts)."""
+    seqs: list[int] = []
+    before: dict[str, int] = {}
+    while True:
+        page = peer.ok("history", room=room, **before)["events"]
+        seqs += [e["seq"] for e in page if e["ev"] == "msg"]
+        if not page or min(e["seq"] for e in page) <= 1:
+            return seqs
+        before = {"before": min(e["seq"] for e in page)}
+
+
+@pytest.fixture
+def small_postgresql() -> Iterator[tuple[Cluster, Path, str]]:
+    """A PostgreSQL server whose data directory is a filesystem of 80 MiB (tmpfs: initdb
+    takes about 46), to fill up; its DSN. Skipped where mounting is denied."""
+    cluster = Cluster()
+    cluster.data.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m,mode=0700", "tmpfs",
+                           str(cluster.data)], capture_output=True, text=True)
+    if done.returncode != 0:
+        cluster.stop()
+        pytest.skip(f"cannot mount a small filesystem here: {done.stderr.strip()}")
+    try:
+        if cluster.as_root:
+            server = pwd.getpwnam(SERVER_USER)
+            os.chown(cluster.data, server.pw_uid, server.pw_gid)
+        cluster.start()
+        yield cluster, cluster.data, cluster.create_database()
+    finally:
+        cluster.stop()
+        subprocess.run(["umount", "-l", str(cluster.data)], check=False)
+        shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+def test_postgresql_on_a_full_disk_refuses_writes_clearly_loses_nothing_and_recovers(
+        small_postgresql, zctx):
+    cluster, disk, dsn = small_postgresql
+    broker = start_broker(dsn, "--rate", "0")  # the lines are big; the limits are not the point
+    try:
+        alice, bob = Bare(zctx, broker), Bare(zctx, broker)
+        alice.ok("login", name="alice")
+        bob.ok("login", name="bob")
+        alice.ok("create", room="lounge")
+        acked = {alice.ok("say", room="lounge", text=f"before {i}")["seq"] for i in range(5)}
+        filler = fill(disk, leave=0)
+        answers = [alice.ask("say", room="lounge", text="z" * 60_000) for _ in range(20)]
+        refusals = [a for a in answers if a.get("code") == "store_unavailable"]
+        assert refusals and "No space left on device" in refusals[0]["error"], answers
+        acked |= {a["seq"] for a in answers if a["ok"]}
+        broker.log.wait_for("a commit failed")
+        # Who wrote nothing is served on (the writers' sessions end: their clients resume).
+        assert "bob" in bob.ok("users")["users"]
+        filler.unlink()  # space returns: writes resume by themselves
+        broker.log.wait_for("Store: writes resume")
+        reader = Bare(zctx, broker)
+        reader.ok("login", name="reader")
+        reader.ok("join", room="lounge")
+        acked.add(reader.ok("say", room="lounge", text="after")["seq"])
+        stored = stored_messages(reader, "lounge")
+        assert acked <= set(stored), f"everything acknowledged is stored: {acked} {stored}"
+        assert len(stored) == len(set(stored))
+        assert broker.proc.poll() is None
+    finally:
+        assert broker.stop() == 0
 
 
 @pytest.mark.sqlite_only  # SQLite's own file
