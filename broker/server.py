@@ -458,6 +458,7 @@ def _frames(messages: Iterable[bytes]) -> Iterator[bytes]:
 
 
 _FRAME_ITEMS_BYTES = FRAME_BYTES - 3  # an array header of up to 65,535 items is 3 bytes
+assert FRAME_MESSAGES < 1 << 16  # what _array's headers (fixarray, array 16) can count
 
 
 def _array(items: list[bytes]) -> bytes:
