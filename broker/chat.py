@@ -791,7 +791,7 @@ class Chat:
         event = {"ev": "dm", "from": sender, "to": names, "text": text, "ts": self.clock()}
         packed = pack(event)
         for recipient in recipients:
-            self._out.append(Send(recipient.peer, event, packed))
+            self._send(recipient, event, packed)
         return {"to": names, **_away_of(recipients)}
 
     def _broadcast(self, session: Session, text: str) -> dict[str, Any]:
@@ -801,7 +801,7 @@ class Chat:
         recipients = [s for s in self.users.values() if s is not session]
         packed = pack(event)
         for s in recipients:
-            self._out.append(Send(s.peer, event, packed))
+            self._send(s, event, packed)
         return {"count": len(recipients)}
 
     def _history(self, session: Session, room: str, before: int | None, after: int | None,
@@ -1407,8 +1407,9 @@ class Chat:
         self.topics[room.topic] = room
         self.topic_changes.append((room.topic, True))
 
-    def _send(self, session: Session, body: dict[str, Any]) -> None:
-        self._out.append(Send(session.peer, body))
+    def _send(self, session: Session, body: dict[str, Any], packed: bytes | None = None
+              ) -> None:
+        self._out.append(Send(session.peer, body, packed))
 
 
 def _origin(key: tuple[str, str, int]) -> str:

@@ -31,10 +31,9 @@ class Link:
         heartbeat, so that a busy link learns what the core read in time."""
         return self.relayed - self.marked > E.LINK_BYTES // 8
 
-    def hello_sent(self) -> int:
-        """A HELLO goes out: its mark, the bytes relayed before it."""
+    def hello_sent(self) -> None:
+        """A HELLO went out, marked with the bytes relayed before it."""
         self.marked = self.relayed
-        return self.marked
 
     def alive(self, echoed: bytes | None) -> None:
         """The core's ALIVE, with the mark of the HELLO it answers, if it echoed one: all

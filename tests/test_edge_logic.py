@@ -318,7 +318,8 @@ def test_the_edge_relays_until_link_bytes_are_unread_and_again_once_a_hello_is_a
     link = Link()
     link.sent(E.LINK_BYTES - 10)
     assert link.relaying(9) and not link.relaying(10)
-    mark = link.hello_sent()
+    mark = link.relayed
+    link.hello_sent()
     link.sent(5)  # after the hello: not read as far as its answer can tell
     link.alive(str(mark).encode())
     assert link.read == mark
@@ -328,9 +329,11 @@ def test_the_edge_relays_until_link_bytes_are_unread_and_again_once_a_hello_is_a
 def test_an_answer_to_an_older_hello_or_a_garbled_mark_moves_nothing_back_or_past():
     link = Link()
     link.sent(1000)
-    first = link.hello_sent()
+    first = link.relayed
+    link.hello_sent()
     link.sent(1000)
-    second = link.hello_sent()
+    second = link.relayed
+    link.hello_sent()
     link.alive(str(second).encode())
     link.alive(str(first).encode())  # a late answer to the first hello
     assert link.read == second

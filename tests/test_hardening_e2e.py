@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -528,19 +529,26 @@ def test_one_key_cannot_squat_nicknames_and_the_operator_can_release_one(broker,
 # --- Faults of the machine ----------------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path) -> Iterator[Path]:
-    """A real filesystem of 16 MiB (tmpfs), to fill up; skipped where mounting is denied."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+@contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A real filesystem of ``size`` (tmpfs) mounted on ``mount`` (an empty directory),
+    to fill up; the test is skipped where mounting is denied."""
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                           str(mount)], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small filesystem here: {done.stderr.strip()}")
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """16 MiB to fill up."""
+    (tmp_path / "disk").mkdir()
+    with tmpfs(tmp_path / "disk", "16m") as mount:
+        yield mount
 
 
 def fill(disk: Path, leave: int) -> Path:
@@ -641,20 +649,17 @@ def small_postgresql() -> Iterator[tuple[Cluster, Path, str]]:
     takes about 46), to fill up; its DSN. Skipped where mounting is denied."""
     cluster = Cluster()
     cluster.data.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m,mode=0700", "tmpfs",
-                           str(cluster.data)], capture_output=True, text=True)
-    if done.returncode != 0:
-        cluster.stop()
-        pytest.skip(f"cannot mount a small filesystem here: {done.stderr.strip()}")
     try:
-        if cluster.as_root:
-            server = pwd.getpwnam(SERVER_USER)
-            os.chown(cluster.data, server.pw_uid, server.pw_gid)
-        cluster.start()
-        yield cluster, cluster.data, cluster.create_database()
+        with tmpfs(cluster.data, "80m") as data:
+            if cluster.as_root:
+                server = pwd.getpwnam(SERVER_USER)
+                os.chown(data, server.pw_uid, server.pw_gid)
+            try:
+                cluster.start()
+                yield cluster, data, cluster.create_database()
+            finally:
+                cluster.stop()  # (its directory goes once the filesystem is unmounted)
     finally:
-        cluster.stop()
-        subprocess.run(["umount", "-l", str(cluster.data)], check=False)
         shutil.rmtree(cluster.root, ignore_errors=True)
 
 
@@ -676,7 +681,7 @@ def test_postgresql_on_a_full_disk_refuses_writes_clearly_loses_nothing_and_reco
         broker.log.wait_for("a commit failed")
         # Who wrote nothing is served on (the writers' sessions end: their clients resume).
         assert "bob" in bob.ok("users")["users"]
-        filler.unlink()  # space returns: writes resume by themselves
+        filler.unlink()  # space returns: writes are tried again a second after the failure
         broker.log.wait_for("Store: writes resume")
         reader = Bare(zctx, broker)
         reader.ok("login", name="reader")
